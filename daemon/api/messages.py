@@ -1,0 +1,160 @@
+"""`POST /v1/messages` (streamed or not) and `POST /v1/messages/count_tokens`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import TypeVar
+
+from pydantic import ValidationError
+from quart import Blueprint, Response, current_app, g, request
+
+from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
+from daemon.engine.prompt import Prompt
+from daemon.engine.registry import ServedModel
+from daemon.engine.runner import GenerationJob
+from daemon.engine.sampling import resolve
+from daemon.protocol.errors import ApiError, from_validation_error, invalid_request
+from daemon.protocol.requests import CountTokensRequest, MessagesRequest, ignored_fields
+from daemon.protocol.stream import PING, MessageStream, assemble, encode_sse
+
+log = logging.getLogger(__name__)
+blueprint = Blueprint("messages", __name__)
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+@blueprint.route("/v1/messages/count_tokens", methods=["POST"])
+async def count_tokens() -> dict:
+    body = await _parse(CountTokensRequest)
+    served = _model(body.model)
+    prompt = await asyncio.to_thread(served.render, body)
+    return {"input_tokens": len(prompt.tokens)}
+
+
+@blueprint.route("/v1/messages", methods=["POST"])
+async def create_message() -> Response | dict:
+    body = await _parse(MessagesRequest)
+    served = _model(body.model)
+    prompt = await asyncio.to_thread(served.render, body)
+    context = served.loaded.context_length
+    if len(prompt.tokens) > context:
+        raise invalid_request(f"prompt is too long: {len(prompt.tokens)} tokens > {context} maximum")
+
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+    job = GenerationJob(
+        prompt=prompt,
+        max_tokens=min(body.max_tokens, context - len(prompt.tokens)),
+        sampling=resolve(
+            {"temperature": body.temperature, "top_p": body.top_p, "top_k": body.top_k},
+            served.loaded.sampling_defaults,
+        ),
+        stop_sequences=body.stop_sequences,
+        emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+    )
+    omit = body.thinking is not None and body.thinking.display == "omitted"
+    stream = MessageStream(body.model, omit_thinking=omit)
+    served.engine.submit(job)
+    # The task that runs this request also sends its response, and is cancelled when the client goes
+    # away, at whatever point: once it ends, the engine frees the slot at its next step.
+    asyncio.current_task().add_done_callback(lambda _: job.cancel())
+    record = _RequestLog(g.request_id, body.model, prompt)
+    if body.stream:
+        interval = current_app.config["MLXD_PING_INTERVAL"]
+        return Response(
+            _sse(stream, prompt, events, interval, record), mimetype="text/event-stream", headers=SSE_HEADERS
+        )
+    frames = [stream.message_start(_usage_at_start(prompt))]
+    while True:
+        event = await events.get()
+        if isinstance(event, Failed):
+            record.failed(event)
+            raise ApiError(529 if event.overloaded else 500, event.message)
+        frames += stream.events(event)
+        if isinstance(event, Finished):
+            record.finished(event)
+            return assemble(frames)
+
+
+async def _sse(
+    stream: MessageStream,
+    prompt: Prompt,
+    events: asyncio.Queue[GenerationEvent],
+    interval: float,
+    record: _RequestLog,
+) -> AsyncIterator[bytes]:
+    """The SSE body: `message_start` at once, then the generation's events, with pings in any silence."""
+    yield encode_sse(stream.message_start(_usage_at_start(prompt)))
+    while True:
+        try:
+            event = await asyncio.wait_for(events.get(), timeout=interval)
+        except TimeoutError:
+            yield PING
+            continue
+        for frame in stream.events(event):
+            yield encode_sse(frame)
+        if isinstance(event, Finished):
+            record.finished(event)
+            return
+        if isinstance(event, Failed):
+            record.failed(event)
+            return
+
+
+def _usage_at_start(prompt: Prompt) -> Usage:
+    return Usage(input_tokens=len(prompt.tokens))
+
+
+Body = TypeVar("Body", bound=CountTokensRequest)
+
+
+async def _parse(model: type[Body]) -> Body:
+    data = await request.get_data()
+    try:
+        body = model.model_validate_json(data)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+    if ignored := ignored_fields(body):
+        log.debug("request %s: ignoring fields not implemented: %s", g.request_id, ", ".join(ignored))
+    return body
+
+
+def _model(name: str) -> ServedModel:
+    served = current_app.config["MLXD_REGISTRY"].get(name)
+    if served is None:
+        available = ", ".join(s.name for s in current_app.config["MLXD_REGISTRY"])
+        raise ApiError(404, f"model: {name} (available: {available})", should_retry=False)
+    return served
+
+
+class _RequestLog:
+    """The one INFO line per request: id, model, token counts, first-token latency, speed, stop reason."""
+
+    def __init__(self, request_id: str, model: str, prompt: Prompt):
+        self.request_id = request_id
+        self.model = model
+        self.prompt_tokens = len(prompt.tokens)
+        self.started = time.perf_counter()
+
+    def finished(self, event: Finished) -> None:
+        rate = (event.usage.output_tokens - 1) / event.decode_seconds if event.decode_seconds > 0 else 0.0
+        ttft = f"{event.time_to_first_token:.3f}s" if event.time_to_first_token is not None else "-"
+        log.info(
+            "%s model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s",
+            self.request_id,
+            self.model,
+            self.prompt_tokens,
+            event.usage.cache_read_input_tokens,
+            event.usage.output_tokens,
+            ttft,
+            rate,
+            event.stop_reason,
+        )
+
+    def failed(self, event: Failed) -> None:
+        log.warning(
+            "%s model=%s prompt=%d failed: %s", self.request_id, self.model, self.prompt_tokens, event.message
+        )

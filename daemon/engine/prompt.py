@@ -1,0 +1,190 @@
+"""From a Messages request to the token ids the model sees, through the model's own chat template.
+
+Anthropic's content blocks become the chat messages Hugging Face templates take: tool calls as
+`tool_calls`, tool results as `tool` messages in order, thinking as `reasoning_content`, and
+`role: "system"` messages where they stand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from jinja2 import TemplateError
+
+from daemon.protocol.requests import (
+    CountTokensRequest,
+    DocumentBlock,
+    ImageBlock,
+    Message,
+    RedactedThinkingBlock,
+    SearchResultBlock,
+    TextBlock,
+    ThinkingBlock,
+    ToolReferenceBlock,
+    ToolResultBlock,
+    ToolUseBlock,
+)
+
+log = logging.getLogger(__name__)
+
+ChatMessage = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    tokens: list[int]
+    thinking: bool
+    starts_in_thinking: bool
+    tools: list[dict[str, Any]]
+
+
+def chat_messages(request: CountTokensRequest) -> list[ChatMessage]:
+    """The request's system prompt and messages as chat-template messages, in order."""
+    out: list[ChatMessage] = []
+    if request.system:
+        out.append({"role": "system", "content": "\n\n".join(b.text for b in request.system)})
+    for message in request.messages:
+        out.extend(_convert(message))
+    return _merge_consecutive(out)
+
+
+def tool_definitions(request: CountTokensRequest) -> list[dict[str, Any]]:
+    """Tools in the OpenAI-style form Hugging Face chat templates expect."""
+    return [
+        {
+            "type": "function",
+            "function": {
+                "name": tool.name,
+                "description": tool.description or "",
+                "parameters": tool.input_schema,
+            },
+        }
+        for tool in request.tools
+    ]
+
+
+def render(tokenizer: Any, request: CountTokensRequest) -> Prompt:
+    """Tokens of the prompt exactly as the model will process it."""
+    messages = chat_messages(request)
+    if len(messages) > 1 and messages[-1] == {"role": "assistant", "content": ""}:
+        messages.pop()  # an empty assistant turn prefills nothing
+    tools = tool_definitions(request)
+    thinking = request.thinking_on
+    prefill = messages[-1]["role"] == "assistant" and _plain(messages[-1])
+    kwargs: dict[str, Any] = {
+        "tools": tools or None,
+        "add_generation_prompt": not prefill,
+        "continue_final_message": prefill,
+        "enable_thinking": thinking,
+    }
+    if not tokenizer.has_chat_template:
+        tokens = tokenizer.encode(_plain_transcript(messages, prefill))
+    else:
+        try:
+            tokens = tokenizer.apply_chat_template(messages, **kwargs)
+        except TemplateError as error:
+            # Some templates refuse a system message after the first turn; such messages still matter,
+            # so they go in as user turns rather than failing the request.
+            log.info("chat template refused the conversation (%s); retrying with system turns as user", error)
+            tokens = tokenizer.apply_chat_template(_demote_late_system(messages), **kwargs)
+    starts_in_thinking = False
+    if tokenizer.has_thinking:
+        starts_in_thinking = tokenizer.rfind_think_start(tokens) > tokenizer.rfind_think_end(tokens)
+    return Prompt(list(tokens), thinking, starts_in_thinking, tools)
+
+
+def _convert(message: Message) -> list[ChatMessage]:
+    if message.role == "assistant":
+        return [_assistant(message)]
+    results: list[ChatMessage] = []
+    texts: list[str] = []
+    for block in message.content:
+        if isinstance(block, ToolResultBlock):
+            content = "\n".join(_text_of(part) for part in block.content)
+            if block.is_error:
+                content = f"Error: {content}"
+            results.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": content})
+        else:
+            texts.append(_text_of(block))
+    turn = [{"role": message.role, "content": "\n".join(texts)}] if texts else []
+    return results + turn
+
+
+def _assistant(message: Message) -> ChatMessage:
+    texts: list[str] = []
+    reasoning: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for block in message.content:
+        if isinstance(block, ThinkingBlock):
+            reasoning.append(block.thinking)
+        elif isinstance(block, ToolUseBlock):
+            calls.append(
+                {
+                    "id": block.id,
+                    "type": "function",
+                    "function": {"name": block.name, "arguments": block.input},
+                }
+            )
+        elif not isinstance(block, RedactedThinkingBlock):
+            texts.append(_text_of(block))
+    out: ChatMessage = {"role": "assistant", "content": "".join(texts)}
+    if reasoning:
+        out["reasoning_content"] = "\n".join(reasoning)
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+def _text_of(block: Any) -> str:
+    """Plain text for a block in a turn; what a text-only model can be told of images and the like."""
+    match block:
+        case TextBlock(text=text):
+            return text
+        case ToolReferenceBlock(tool_name=name):
+            return f"Tool loaded: {name}"
+        case ImageBlock():
+            return "[image omitted: this model takes no images]"
+        case DocumentBlock(source=source, title=title):
+            data = source.get("data") if source.get("type") == "text" else None
+            return data if isinstance(data, str) else f"[document omitted: {title or 'untitled'}]"
+        case SearchResultBlock(title=title, source=source, content=content):
+            return "\n".join([f"{title} ({source})", *(part.text for part in content)])
+        case ToolUseBlock(name=name, input=arguments):
+            return json.dumps({"name": name, "arguments": arguments})
+    return ""
+
+
+def _merge_consecutive(messages: list[ChatMessage]) -> list[ChatMessage]:
+    """Joins adjacent plain user (or assistant) turns, as the Messages API treats them: as one turn."""
+    merged: list[ChatMessage] = []
+    for message in messages:
+        last = merged[-1] if merged else None
+        if (
+            last
+            and last["role"] == message["role"] in ("user", "assistant")
+            and _plain(last)
+            and _plain(message)
+        ):
+            last["content"] = "\n\n".join(part for part in (last["content"], message["content"]) if part)
+        else:
+            merged.append(dict(message))
+    return merged
+
+
+def _plain(message: ChatMessage) -> bool:
+    return set(message) <= {"role", "content"}
+
+
+def _demote_late_system(messages: list[ChatMessage]) -> list[ChatMessage]:
+    demoted = [messages[0]] + [
+        {"role": "user", "content": m["content"]} if m["role"] == "system" else m for m in messages[1:]
+    ]
+    return _merge_consecutive(demoted)
+
+
+def _plain_transcript(messages: list[ChatMessage], prefill: bool) -> str:
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join(lines) + ("" if prefill else "\nassistant:")

@@ -1,0 +1,45 @@
+"""Sampling settings: what the request says, else what the model recommends, else Anthropic's defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mlx_lm.sample_utils import make_sampler
+
+ANTHROPIC_TEMPERATURE = 1.0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = ANTHROPIC_TEMPERATURE
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+
+    def sampler(self):
+        """mlx-lm's sampler for these settings; temperature 0 is its greedy argmax."""
+        return make_sampler(
+            temp=self.temperature,
+            top_p=self.top_p or 0.0,
+            top_k=self.top_k or 0,
+            min_p=self.min_p or 0.0,
+        )
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def model_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
+    """The sampling values a model's `generation_config.json` recommends, in our names."""
+    if generation_config.get("do_sample") is False:
+        return {"temperature": 0.0}
+    picked = {name: generation_config.get(name) for name in ("temperature", "top_p", "top_k", "min_p")}
+    return {name: value for name, value in picked.items() if value is not None}
+
+
+def resolve(requested: dict[str, Any], defaults: dict[str, Any]) -> SamplingParams:
+    """Each value from the request when it set one, else from the model's defaults."""
+    chosen = {**defaults, **{name: value for name, value in requested.items() if value is not None}}
+    return SamplingParams(**chosen)

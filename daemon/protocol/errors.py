@@ -1,0 +1,89 @@
+"""Anthropic error envelopes: the status-to-type table, the error every layer raises, and how a pydantic
+validation failure becomes a message that names the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+class ApiError(Exception):
+    """An error a client should see, with the HTTP status and Anthropic error type that go with it."""
+
+    def __init__(self, status: int, message: str, *, should_retry: bool | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = ERROR_TYPES.get(status, "api_error")
+        self.should_retry = should_retry
+
+    def body(self, request_id: str | None = None) -> dict[str, Any]:
+        return envelope(self.type, self.message, request_id)
+
+
+def envelope(error_type: str, message: str, request_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": "error", "error": {"type": error_type, "message": message}}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
+def invalid_request(message: str) -> ApiError:
+    return ApiError(400, message, should_retry=False)
+
+
+def from_validation_error(error: ValidationError) -> ApiError:
+    """The first problem pydantic found, phrased as `field.path: what is wrong`."""
+    first = error.errors(include_url=False)[0]
+    path = _dotted(first["loc"])
+    kind = first["type"]
+    if kind == "union_tag_invalid":
+        tag = first.get("ctx", {}).get("tag", "")
+        expected = first.get("ctx", {}).get("expected_tags", "")
+        message = f"unknown content block type '{tag}' (expected one of {expected})"
+    elif kind == "missing":
+        message = "Field required"
+    elif kind == "json_invalid":
+        return invalid_request(f"request body is not valid JSON: {first['msg']}")
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+    return invalid_request(f"{path}: {message}" if path else message)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    # A discriminated union adds the tag it chose to the location ("content.0.text.text"); drop it, so the
+    # path names only fields and list positions as the client wrote them.
+    parts = [
+        str(part)
+        for i, part in enumerate(loc)
+        if not (0 < i < len(loc) - 1 and isinstance(loc[i - 1], int) and _is_block_tag(part))
+    ]
+    return ".".join(parts)
+
+
+def _is_block_tag(name: str) -> bool:
+    return name in {
+        "text",
+        "image",
+        "document",
+        "tool_use",
+        "tool_result",
+        "thinking",
+        "redacted_thinking",
+        "tool_reference",
+        "search_result",
+    }

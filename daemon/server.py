@@ -1,0 +1,110 @@
+"""The Quart app factory and the Hypercorn runner: request ids, auth, routes, signals and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import signal
+import time
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HypercornConfig
+from quart import Quart, Response, g
+
+from daemon import __version__
+from daemon.api import errors, health, messages, models
+from daemon.auth import token_checker
+from daemon.engine.registry import ModelRegistry
+from daemon.settings import Settings, data_dir
+
+log = logging.getLogger(__name__)
+
+DEMO_WARNING = """
+============================================================================
+  mlxd is serving its DEMO model: random weights, so every answer is gibberish.
+  It is here so you can see the server work. To serve a real model:
+      mlxd serve --model mlx-community/Qwen3-4B-Instruct-2507-4bit
+  or set `model = "..."` in {config} (or MLXD_MODEL).
+============================================================================"""
+
+
+def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
+    app = Quart("mlxd")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        RESPONSE_TIMEOUT=None,  # streams last as long as generation does
+        BODY_TIMEOUT=600,
+        MLXD_REGISTRY=registry,
+        MLXD_PING_INTERVAL=settings.ping_interval,
+        MLXD_STARTED=time.monotonic(),
+    )
+
+    @app.before_request
+    async def assign_request_id() -> None:
+        g.request_id = f"req_{secrets.token_hex(12)}"
+
+    app.before_request(token_checker(settings.resolved_token))
+
+    @app.after_request
+    async def tag_response(response: Response) -> Response:
+        response.headers["request-id"] = g.get("request_id") or f"req_{secrets.token_hex(12)}"
+        return response
+
+    errors.register(app)
+    for module in (health, models, messages):
+        app.register_blueprint(module.blueprint)
+    return app
+
+
+def load_registry(settings: Settings) -> ModelRegistry:
+    from daemon.engine.demo_model import ensure_demo_model
+    from daemon.settings import default_config_path
+
+    source = settings.model
+    if source is None:
+        source = str(ensure_demo_model(data_dir()))
+        log.warning(DEMO_WARNING.format(config=default_config_path()))
+    return ModelRegistry.load(
+        settings.served_name,
+        source,
+        context_length=settings.context_length,
+        max_sequences=settings.max_sequences,
+        prefill_step_size=settings.prefill_step_size,
+    )
+
+
+def run(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM, then close the engines and return."""
+    settings.check_bind()
+    registry = load_registry(settings)
+    app = create_app(settings, registry)
+    config = HypercornConfig()
+    config.bind = [
+        f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
+    ]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = 5.0
+    try:
+        asyncio.run(_serve(app, config, settings))
+    finally:
+        registry.close()
+
+
+async def _serve(app: Quart, config: HypercornConfig, settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    auth = "on" if settings.resolved_token() else "off"
+    log.info(
+        "mlxd %s listening on http://%s:%d (auth %s, model %s)",
+        __version__,
+        settings.host,
+        settings.port,
+        auth,
+        settings.served_name,
+    )
+    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
+    log.info("mlxd stopped")

@@ -1,0 +1,115 @@
+"""One typed settings object, layered: defaults < config file (TOML) < `MLXD_*` environment < flags."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+APP = "mlxd"
+DEFAULT_PORT = 8484
+ENV_PREFIX = "MLXD_"
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("MLXD_CONFIG_DIR") or platformdirs.user_config_dir(APP))
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MLXD_DATA_DIR") or platformdirs.user_data_dir(APP))
+
+
+class SettingsError(Exception):
+    """A setting that cannot be used, with a message that says which and why."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535)
+    model: str | None = None
+    model_name: str | None = None
+    context_length: int | None = Field(None, gt=0)
+    token: str | None = None
+    token_file: Path | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
+    ping_interval: float = Field(5.0, gt=0)
+    max_sequences: int = Field(8, gt=0)
+    prefill_step_size: int = Field(1024, gt=0)
+
+    @property
+    def served_name(self) -> str:
+        """The id clients use for the model: `model_name`, else the source as given, else `demo`."""
+        return self.model_name or self.model or "demo"
+
+    def resolved_token(self) -> str | None:
+        """The token clients must present, from `token` or else `token_file`; None when auth is off."""
+        if self.token:
+            return self.token
+        if self.token_file is None:
+            return None
+        try:
+            token = self.token_file.expanduser().read_text().strip()
+        except OSError as error:
+            raise SettingsError(f"cannot read token_file {self.token_file}: {error.strerror}") from error
+        if not token:
+            raise SettingsError(f"token_file {self.token_file} is empty")
+        return token
+
+    def check_bind(self) -> None:
+        """Refuse to listen beyond this machine without a token."""
+        if self.resolved_token() is None and not _is_loopback(self.host):
+            raise SettingsError(
+                f"refusing to listen on {self.host} without a token: anyone who can reach this machine "
+                "could use the model. Set --token, MLXD_TOKEN or token_file, or bind to 127.0.0.1."
+            )
+
+
+def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ) -> Settings:
+    """Merge the layers; `flags` holds only what was given on the command line (None = not given)."""
+    given = {name: value for name, value in flags.items() if value is not None}
+    path = given.pop("config", None) or environ.get("MLXD_CONFIG")
+    from_file = _read_config(Path(path), required=True) if path else _read_config(default_config_path())
+    from_env = {
+        name: environ[ENV_PREFIX + name.upper()]
+        for name in Settings.model_fields
+        if ENV_PREFIX + name.upper() in environ
+    }
+    try:
+        return Settings.model_validate({**from_file, **from_env, **given})
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise SettingsError(f"invalid settings: {problems}") from error
+
+
+def default_config_path() -> Path:
+    return config_dir() / "config.toml"
+
+
+def _read_config(path: Path, required: bool = False) -> dict[str, Any]:
+    path = path.expanduser()
+    if not path.exists():
+        if required:
+            raise SettingsError(f"config file {path} does not exist")
+        return {}
+    try:
+        return tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise SettingsError(f"cannot read config file {path}: {error}") from error
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
