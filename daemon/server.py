@@ -75,28 +75,35 @@ def load_registry(settings: Settings) -> ModelRegistry:
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then close the engines and return."""
+    """Serve until SIGINT or SIGTERM, then end the generations in flight and return."""
     settings.check_bind()
     registry = load_registry(settings)
     app = create_app(settings, registry)
     config = HypercornConfig()
-    config.bind = [
-        f"[{settings.host}]:{settings.port}" if ":" in settings.host else f"{settings.host}:{settings.port}"
-    ]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 5.0
+    config.graceful_timeout = 10.0
     try:
-        asyncio.run(_serve(app, config, settings))
+        asyncio.run(_serve(app, config, settings, registry))
     finally:
         registry.close()
 
 
-async def _serve(app: Quart, config: HypercornConfig, settings: Settings) -> None:
+async def _serve(app: Quart, config: HypercornConfig, settings: Settings, registry: ModelRegistry) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+
+    async def shutdown_trigger() -> None:
+        await stop.wait()
+        log.info("stopping: ending the generations in flight")
+        # Streams still open get an overloaded error event (clients retry) rather than a silent cut;
+        # Hypercorn then lets them flush before it closes their connections.
+        await asyncio.to_thread(registry.close)
+
     auth = "on" if settings.resolved_token() else "off"
     log.info(
         "mlxd %s listening on http://%s:%d (auth %s, model %s)",
@@ -106,5 +113,5 @@ async def _serve(app: Quart, config: HypercornConfig, settings: Settings) -> Non
         auth,
         settings.served_name,
     )
-    await hypercorn_serve(app, config, shutdown_trigger=stop.wait)
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
     log.info("mlxd stopped")

@@ -17,8 +17,8 @@ DEFAULT_PORT = 8484
 ENV_PREFIX = "MLXD_"
 
 
-def config_dir() -> Path:
-    return Path(os.environ.get("MLXD_CONFIG_DIR") or platformdirs.user_config_dir(APP))
+def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("MLXD_CONFIG_DIR") or platformdirs.user_config_dir(APP))
 
 
 def data_dir() -> Path:
@@ -77,7 +77,9 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.envi
     """Merge the layers; `flags` holds only what was given on the command line (None = not given)."""
     given = {name: value for name, value in flags.items() if value is not None}
     path = given.pop("config", None) or environ.get("MLXD_CONFIG")
-    from_file = _read_config(Path(path), required=True) if path else _read_config(default_config_path())
+    from_file = (
+        _read_config(Path(path), required=True) if path else _read_config(default_config_path(environ))
+    )
     from_env = {
         name: environ[ENV_PREFIX + name.upper()]
         for name in Settings.model_fields
@@ -90,8 +92,8 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.envi
         raise SettingsError(f"invalid settings: {problems}") from error
 
 
-def default_config_path() -> Path:
-    return config_dir() / "config.toml"
+def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
+    return config_dir(environ) / "config.toml"
 
 
 def _read_config(path: Path, required: bool = False) -> dict[str, Any]:

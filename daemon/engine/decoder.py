@@ -62,9 +62,16 @@ class OutputDecoder:
         thinking: bool,
         starts_in_thinking: bool,
         tools: list[dict[str, Any]],
+        continues: int | None = None,
     ):
+        """`continues`: the prompt's last token when the answer continues a prefilled assistant turn."""
         self._tokenizer = tokenizer
         self._detokenizer = tokenizer.detokenizer
+        if continues is not None:
+            # Detokenizers drop a leading space at the start of a text; a continuation must keep it.
+            self._detokenizer.add_token(continues)
+            self._detokenizer.finalize()
+            _ = self._detokenizer.last_segment
         self._machine = make_text_state_machine(tokenizer)
         initial = "reasoning" if starts_in_thinking else "normal"
         self._state = self._machine.make_state(tokenizer.response_initial_state or initial)

@@ -39,6 +39,7 @@ class Prompt:
     thinking: bool
     starts_in_thinking: bool
     tools: list[dict[str, Any]]
+    prefill: bool = False  # the answer continues an assistant turn the client began
 
 
 def chat_messages(request: CountTokensRequest) -> list[ChatMessage]:
@@ -93,7 +94,7 @@ def render(tokenizer: Any, request: CountTokensRequest) -> Prompt:
     starts_in_thinking = False
     if tokenizer.has_thinking:
         starts_in_thinking = tokenizer.rfind_think_start(tokens) > tokenizer.rfind_think_end(tokens)
-    return Prompt(list(tokens), thinking, starts_in_thinking, tools)
+    return Prompt(list(tokens), thinking, starts_in_thinking, tools, prefill)
 
 
 def _convert(message: Message) -> list[ChatMessage]:

@@ -22,6 +22,7 @@ from daemon.engine.sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 _STOP = object()
+SHUTTING_DOWN = "the server is shutting down; retry shortly"
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Engine:
 
     def submit(self, job: GenerationJob) -> None:
         if self._closed:
-            job.emit(Failed("the server is shutting down", overloaded=True))
+            job.emit(Failed(SHUTTING_DOWN, overloaded=True))
         elif job.max_tokens == 0:
             usage = Usage(input_tokens=len(job.prompt.tokens))
             job.emit(Finished("max_tokens", usage, time_to_first_token=None))
@@ -77,6 +78,9 @@ class Engine:
             self._closed = True
             self._inbox.put(_STOP)
             self._thread.join()
+            # Anything submitted while the thread was stopping.
+            for job, _ in self._take_inbox(block=False):
+                job.emit(Failed(SHUTTING_DOWN, overloaded=True))
 
     def _run(self) -> None:
         import mlx.core as mx
@@ -87,7 +91,9 @@ class Engine:
         while True:
             incoming = self._take_inbox(block=not self._running)
             if _STOP in incoming:
-                self._fail_all("the server is shutting down", overloaded=True)
+                for job, _ in (item for item in incoming if item is not _STOP):
+                    job.emit(Failed(SHUTTING_DOWN, overloaded=True))
+                self._fail_all(SHUTTING_DOWN, overloaded=True)
                 batch.close()
                 return
             for job, submitted in incoming:
@@ -137,6 +143,7 @@ class Engine:
             thinking=prompt.thinking,
             starts_in_thinking=prompt.starts_in_thinking,
             tools=prompt.tools,
+            continues=prompt.tokens[-1] if prompt.prefill else None,
         )
         (uid,) = batch.insert([prompt.tokens], max_tokens=[job.max_tokens], samplers=[job.sampling.sampler()])
         self._running[uid] = _Running(job, decoder, submitted)

@@ -1,0 +1,79 @@
+"""Anthropic messages to chat-template messages, on literal requests."""
+
+from __future__ import annotations
+
+from daemon.engine.prompt import chat_messages, tool_definitions
+from daemon.protocol.requests import CountTokensRequest
+
+
+def request(**body) -> CountTokensRequest:
+    return CountTokensRequest.model_validate({"model": "m", **body})
+
+
+def test_agent_history_becomes_tool_calls_and_tool_messages() -> None:
+    converted = chat_messages(
+        request(
+            system=[{"type": "text", "text": "A"}, {"type": "text", "text": "B"}],
+            messages=[
+                {"role": "user", "content": "read it"},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": "plan", "signature": "s"},
+                        {"type": "text", "text": "Reading."},
+                        {"type": "tool_use", "id": "t1", "name": "Read", "input": {"path": "/a"}},
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "tool_result", "tool_use_id": "t1", "content": "data", "is_error": True},
+                        {"type": "text", "text": "thanks"},
+                    ],
+                },
+                {"role": "system", "content": "late note"},
+            ],
+        )
+    )
+    assert converted == [
+        {"role": "system", "content": "A\n\nB"},
+        {"role": "user", "content": "read it"},
+        {
+            "role": "assistant",
+            "content": "Reading.",
+            "reasoning_content": "plan",
+            "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "Read", "arguments": {"path": "/a"}}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "t1", "content": "Error: data"},
+        {"role": "user", "content": "thanks"},
+        {"role": "system", "content": "late note"},
+    ]
+
+
+def test_consecutive_user_turns_merge() -> None:
+    converted = chat_messages(
+        request(
+            messages=[
+                {"role": "user", "content": "a"},
+                {"role": "user", "content": [{"type": "text", "text": "b"}]},
+            ]
+        )
+    )
+    assert converted == [{"role": "user", "content": "a\n\nb"}]
+
+
+def test_tools_take_the_template_form() -> None:
+    tools = tool_definitions(
+        request(
+            messages=[{"role": "user", "content": "x"}],
+            tools=[{"name": "Read", "description": "Reads.", "input_schema": {"type": "object"}}],
+        )
+    )
+    assert tools == [
+        {
+            "type": "function",
+            "function": {"name": "Read", "description": "Reads.", "parameters": {"type": "object"}},
+        }
+    ]

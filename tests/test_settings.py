@@ -1,0 +1,51 @@
+"""Settings layer in order (defaults < file < environment < flags) and refuse what cannot work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from daemon.settings import Settings, SettingsError, load_settings
+
+
+def test_layers_win_in_order(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('port = 1111\nhost = "127.0.0.2"\nmodel = "from-file"\nlog_level = "debug"\n')
+    env = {"MLXD_PORT": "2222", "MLXD_MODEL": "from-env"}
+    settings = load_settings({"config": str(config), "model": "from-flag", "host": None}, env)
+    assert settings.model == "from-flag"
+    assert settings.port == 2222
+    assert settings.host == "127.0.0.2"
+    assert settings.log_level == "debug"
+    assert settings.ping_interval == Settings().ping_interval
+
+
+def test_config_path_from_environment(tmp_path: Path) -> None:
+    config = tmp_path / "other.toml"
+    config.write_text("port = 3333\n")
+    assert load_settings({}, {"MLXD_CONFIG": str(config)}).port == 3333
+
+
+def test_bad_values_are_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="port"):
+        load_settings({}, {"MLXD_PORT": "many", "MLXD_CONFIG_DIR": str(tmp_path)})
+    config = tmp_path / "typo.toml"
+    config.write_text("prot = 1\n")
+    with pytest.raises(SettingsError, match="prot"):
+        load_settings({"config": str(config)}, {})
+    with pytest.raises(SettingsError, match="does not exist"):
+        load_settings({"config": str(tmp_path / "missing.toml")}, {})
+
+
+def test_token_file_and_bind_rules(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret\n")
+    assert Settings(token_file=token_file).resolved_token() == "s3cret"
+    assert Settings(token="flag", token_file=token_file).resolved_token() == "flag"
+    Settings(host="::1").check_bind()
+    Settings(host="0.0.0.0", token="t").check_bind()
+    with pytest.raises(SettingsError, match=r"refusing to listen on 0\.0\.0\.0"):
+        Settings(host="0.0.0.0").check_bind()
+    with pytest.raises(SettingsError, match="cannot read token_file"):
+        Settings(token_file=tmp_path / "absent").resolved_token()
