@@ -15,7 +15,8 @@ from quart import Quart, Response, g
 from daemon import __version__
 from daemon.api import errors, health, messages, models
 from daemon.auth import token_checker
-from daemon.engine.registry import ModelRegistry
+from daemon.engine.registry import EngineOptions, ModelRegistry
+from daemon.engine.runner import EngineLimits
 from daemon.settings import Settings, data_dir
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,15 @@ def load_registry(settings: Settings) -> ModelRegistry:
     if source is None:
         source = str(ensure_demo_model(data_dir()))
         log.warning(DEMO_WARNING.format(config=default_config_path()))
+    options = EngineOptions(
+        limits=EngineLimits(settings.max_sequences, settings.max_queued, settings.prefill_step_size),
+        prompt_cache_bytes=settings.prompt_cache_bytes,
+        saved_cache_dir=settings.saved_cache_dir,
+        saved_cache_bytes=settings.prompt_cache_save_bytes,
+        strip_billing_header=settings.strip_billing_header,
+    )
     return ModelRegistry.load(
-        settings.served_name,
-        source,
-        context_length=settings.context_length,
-        max_sequences=settings.max_sequences,
-        prefill_step_size=settings.prefill_step_size,
+        settings.served_name, source, context_length=settings.context_length, options=options
     )
 
 

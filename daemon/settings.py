@@ -17,6 +17,15 @@ DEFAULT_PORT = 8484
 ENV_PREFIX = "MLXD_"
 
 
+def physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def default_prompt_cache_bytes() -> int:
+    """A fifth of physical memory, at most 16 GiB: room for several long prefixes beside the model."""
+    return min(physical_memory() // 5, 16 * 2**30)
+
+
 def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("MLXD_CONFIG_DIR") or platformdirs.user_config_dir(APP))
 
@@ -43,7 +52,17 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     ping_interval: float = Field(5.0, gt=0)
     max_sequences: int = Field(8, gt=0)
+    max_queued: int = Field(64, ge=0)
     prefill_step_size: int = Field(1024, gt=0)
+    prompt_cache_bytes: int = Field(default_factory=default_prompt_cache_bytes, ge=0)
+    prompt_cache_dir: Path | None = None
+    prompt_cache_save_bytes: int = Field(4 * 2**30, ge=0)
+    strip_billing_header: bool = True
+
+    @property
+    def saved_cache_dir(self) -> Path:
+        """Where prefixes are saved at shutdown for a warm restart."""
+        return (self.prompt_cache_dir or data_dir() / "prompt-cache").expanduser()
 
     @property
     def served_name(self) -> str:

@@ -14,7 +14,7 @@ from quart import Blueprint, Response, current_app, g, request
 from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
 from daemon.engine.prompt import Prompt
 from daemon.engine.registry import ServedModel
-from daemon.engine.runner import GenerationJob
+from daemon.engine.runner import GenerationJob, Overloaded
 from daemon.engine.sampling import resolve
 from daemon.protocol.errors import ApiError, from_validation_error, invalid_request
 from daemon.protocol.requests import CountTokensRequest, MessagesRequest, ignored_fields
@@ -57,7 +57,10 @@ async def create_message() -> Response | dict:
     )
     omit = body.thinking is not None and body.thinking.display == "omitted"
     stream = MessageStream(body.model, omit_thinking=omit)
-    served.engine.submit(job)
+    try:
+        served.engine.submit(job)
+    except Overloaded as error:
+        raise ApiError(529, f"overloaded: {error}; retry shortly") from None
     # The task that runs this request also sends its response, and is cancelled when the client goes
     # away, at whatever point: once it ends, the engine frees the slot at its next step.
     asyncio.current_task().add_done_callback(lambda _: job.cancel())

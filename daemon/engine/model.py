@@ -3,6 +3,7 @@ it (context length, recommended sampling)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     context_length: int
+    fingerprint: str
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,8 +53,20 @@ def load_model(name: str, source: str, context_length: int | None = None) -> Loa
         model=model,
         tokenizer=tokenizer,
         context_length=context_length or context_length_of(config),
+        fingerprint=fingerprint(path),
         sampling_defaults=model_defaults(generation_config),
     )
+
+
+def fingerprint(path: Path) -> str:
+    """Identifies a model's weights and tokenizer without reading the weights: what a saved KV cache must
+    match to be reused."""
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.suffix == ".safetensors" or file.name in ("config.json", "tokenizer.json"):
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
 
 
 def context_length_of(config: dict[str, Any]) -> int:

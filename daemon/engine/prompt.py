@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import TemplateError
+from mlx_lm.utils import common_prefix_len
 
 from daemon.protocol.requests import (
     CountTokensRequest,
@@ -40,13 +41,27 @@ class Prompt:
     starts_in_thinking: bool
     tools: list[dict[str, Any]]
     prefill: bool = False  # the answer continues an assistant turn the client began
+    shared_prefix: int = 0  # tokens of the leading system prompt and tools, shared across a session
 
 
-def chat_messages(request: CountTokensRequest) -> list[ChatMessage]:
-    """The request's system prompt and messages as chat-template messages, in order."""
+BILLING_HEADER = "x-anthropic-billing-header:"
+
+
+def chat_messages(request: CountTokensRequest, *, strip_billing_header: bool = True) -> list[ChatMessage]:
+    """The request's system prompt and messages as chat-template messages, in order.
+
+    Claude Code's billing line (`x-anthropic-billing-header: …; cch=<hash>;`) changes on every request and
+    would make every prompt differ from its first token on; it carries nothing for the model, so it is
+    dropped.
+    """
     out: list[ChatMessage] = []
-    if request.system:
-        out.append({"role": "system", "content": "\n\n".join(b.text for b in request.system)})
+    system = [
+        block.text
+        for block in request.system
+        if not (strip_billing_header and block.text.lstrip().startswith(BILLING_HEADER))
+    ]
+    if system:
+        out.append({"role": "system", "content": "\n\n".join(system)})
     for message in request.messages:
         out.extend(_convert(message))
     return _merge_consecutive(out)
@@ -67,9 +82,9 @@ def tool_definitions(request: CountTokensRequest) -> list[dict[str, Any]]:
     ]
 
 
-def render(tokenizer: Any, request: CountTokensRequest) -> Prompt:
+def render(tokenizer: Any, request: CountTokensRequest, *, strip_billing_header: bool = True) -> Prompt:
     """Tokens of the prompt exactly as the model will process it."""
-    messages = chat_messages(request)
+    messages = chat_messages(request, strip_billing_header=strip_billing_header)
     if len(messages) > 1 and messages[-1] == {"role": "assistant", "content": ""}:
         messages.pop()  # an empty assistant turn prefills nothing
     tools = tool_definitions(request)
@@ -83,18 +98,29 @@ def render(tokenizer: Any, request: CountTokensRequest) -> Prompt:
     }
     if not tokenizer.has_chat_template:
         tokens = tokenizer.encode(_plain_transcript(messages, prefill))
-    else:
-        try:
-            tokens = tokenizer.apply_chat_template(messages, **kwargs)
-        except TemplateError as error:
-            # Some templates refuse a system message after the first turn; such messages still matter,
-            # so they go in as user turns rather than failing the request.
-            log.info("chat template refused the conversation (%s); retrying with system turns as user", error)
-            tokens = tokenizer.apply_chat_template(_demote_late_system(messages), **kwargs)
+        return Prompt(list(tokens), thinking, False, tools, prefill)
+    tokens = _apply_template(tokenizer, messages, kwargs)
     starts_in_thinking = False
     if tokenizer.has_thinking:
         starts_in_thinking = tokenizer.rfind_think_start(tokens) > tokenizer.rfind_think_end(tokens)
-    return Prompt(list(tokens), thinking, starts_in_thinking, tools, prefill)
+    shared = 0
+    if messages[0]["role"] == "system" or tools:
+        # The prompt of the system turn and tools alone, followed by an empty user turn: where it first
+        # differs from the full prompt is where the shared prefix ends.
+        head = [m for m in messages[:1] if m["role"] == "system"] + [{"role": "user", "content": ""}]
+        head_kwargs = {**kwargs, "add_generation_prompt": False, "continue_final_message": False}
+        shared = common_prefix_len(tokens, _apply_template(tokenizer, head, head_kwargs))
+    return Prompt(list(tokens), thinking, starts_in_thinking, tools, prefill, shared)
+
+
+def _apply_template(tokenizer: Any, messages: list[ChatMessage], kwargs: dict[str, Any]) -> list[int]:
+    try:
+        return tokenizer.apply_chat_template(messages, **kwargs)
+    except TemplateError as error:
+        # Some templates refuse a system message after the first turn; such messages still matter, so
+        # they go in as user turns rather than failing the request.
+        log.info("chat template refused the conversation (%s); retrying with system turns as user", error)
+        return tokenizer.apply_chat_template(_demote_late_system(messages), **kwargs)
 
 
 def _convert(message: Message) -> list[ChatMessage]:

@@ -1,4 +1,5 @@
-"""The engine thread: owns one model and runs every generation through mlx-lm's `BatchGenerator`.
+"""The engine thread: owns one model and runs every generation through mlx-lm's `BatchGenerator`, with
+prefix reuse through the prompt cache.
 
 Jobs arrive from any thread through `submit`; their events leave through each job's `emit` callback,
 called on the engine thread. A job is cancelled by setting its flag; the engine drops it at the next step.
@@ -6,6 +7,7 @@ called on the engine thread. A job is cancelled by setting its flag; the engine 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -17,12 +19,17 @@ from daemon.engine.decoder import OutputDecoder
 from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt import Prompt
+from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 
 _STOP = object()
 SHUTTING_DOWN = "the server is shutting down; retry shortly"
+
+
+class Overloaded(Exception):
+    """The queue is full: the request is refused at once rather than left waiting."""
 
 
 @dataclass
@@ -44,33 +51,58 @@ class _Running:
     job: GenerationJob
     decoder: OutputDecoder
     submitted: float
+    reused: int
+    segments_left: int  # segment boundaries still to reach, each storing its prefix in the cache
     first_token: float | None = None
     output_tokens: int = 0
 
+    @property
+    def prewarm(self) -> bool:
+        """`max_tokens: 0`: process the prompt into the cache and answer nothing."""
+        return self.job.max_tokens == 0
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    max_sequences: int = 8
+    max_queued: int = 64
+    prefill_step_size: int = 1024
+
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, *, max_sequences: int = 8, prefill_step_size: int = 1024):
+    def __init__(self, loaded: LoadedModel, cache: PromptCache, limits: EngineLimits | None = None):
         self.loaded = loaded
-        self.max_sequences = max_sequences
-        self.prefill_step_size = prefill_step_size
+        self.cache = cache
+        self.limits = limits or EngineLimits()
         self._inbox: queue.Queue = queue.Queue()
         self._running: dict[int, _Running] = {}
+        self._pending = 0  # submitted and not yet finished, queued ones included
+        self._pending_lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
 
     @property
     def active_sequences(self) -> int:
-        return len(self._running)
+        return min(self._pending, self.limits.max_sequences)
+
+    @property
+    def queued(self) -> int:
+        return max(0, self._pending - self.limits.max_sequences)
 
     def submit(self, job: GenerationJob) -> None:
+        """Queue a job, first come first served; raises `Overloaded` when the queue is full."""
         if self._closed:
             job.emit(Failed(SHUTTING_DOWN, overloaded=True))
-        elif job.max_tokens == 0:
-            usage = Usage(input_tokens=len(job.prompt.tokens))
-            job.emit(Finished("max_tokens", usage, time_to_first_token=None))
-        else:
-            self._inbox.put((job, time.perf_counter()))
+            return
+        with self._pending_lock:
+            if self._pending >= self.limits.max_sequences + self.limits.max_queued:
+                raise Overloaded(
+                    f"{self._pending} requests are running or queued for {self.loaded.name} "
+                    f"(limit {self.limits.max_sequences} running + {self.limits.max_queued} queued)"
+                )
+            self._pending += 1
+        self._inbox.put((job, time.perf_counter()))
 
     def close(self) -> None:
         """Stop the thread; jobs still running end with an overloaded error so clients retry."""
@@ -80,7 +112,7 @@ class Engine:
             self._thread.join()
             # Anything submitted while the thread was stopping.
             for job, _ in self._take_inbox(block=False):
-                job.emit(Failed(SHUTTING_DOWN, overloaded=True))
+                self._end(job, Failed(SHUTTING_DOWN, overloaded=True))
 
     def _run(self) -> None:
         import mlx.core as mx
@@ -88,23 +120,27 @@ class Engine:
         # MLX streams belong to the thread that made them, so the generator is built here.
         stream = mx.default_stream(mx.default_device())
         batch = self._new_batch(stream)
+        self.cache.restore()
         while True:
             incoming = self._take_inbox(block=not self._running)
             if _STOP in incoming:
                 for job, _ in (item for item in incoming if item is not _STOP):
-                    job.emit(Failed(SHUTTING_DOWN, overloaded=True))
+                    self._end(job, Failed(SHUTTING_DOWN, overloaded=True))
                 self._fail_all(SHUTTING_DOWN, overloaded=True)
                 batch.close()
+                self.cache.save()
                 return
-            for job, submitted in incoming:
-                self._admit(batch, job, submitted)
-            self._drop_cancelled(batch)
-            if not self._running:
-                continue
             try:
-                _, responses = batch.next()
+                for job, submitted in incoming:
+                    self._admit(batch, job, submitted)
+                self._drop_cancelled(batch)
+                if not self._running:
+                    continue
+                prompt_responses, responses = batch.next()
+                self._store_segments(batch, prompt_responses)
                 for response in responses:
                     self._on_token(batch, response)
+                self.cache.shrink_to(self.cache.max_bytes - batch.prompt_cache_nbytes)
             except Exception:
                 log.exception("generation failed; ending the sequences in flight")
                 self._fail_all("generation failed inside the engine; see the server log", overloaded=False)
@@ -118,9 +154,9 @@ class Engine:
         return BatchGenerator(
             self.loaded.model,
             stop_tokens=[[token] for token in tokenizer.eos_token_ids],
-            completion_batch_size=self.max_sequences,
-            prefill_batch_size=self.max_sequences,
-            prefill_step_size=self.prefill_step_size,
+            completion_batch_size=self.limits.max_sequences,
+            prefill_batch_size=self.limits.max_sequences,
+            prefill_step_size=self.limits.prefill_step_size,
             stream=stream,
         )
 
@@ -135,8 +171,15 @@ class Engine:
 
     def _admit(self, batch, job: GenerationJob, submitted: float) -> None:
         if job.cancelled:
+            self._end(job, None)
             return
         prompt = job.prompt
+        hit = self.cache.fetch(prompt.tokens)
+        # The shared prefix (system prompt and tools) becomes its own segment when it is not cached yet, so
+        # that its KV state is stored as soon as it is computed, for concurrent requests that share it.
+        boundaries = [b for b in (prompt.shared_prefix,) if hit.reused < b < len(prompt.tokens) - 1]
+        cuts = [hit.reused, *boundaries, len(prompt.tokens)]
+        segments = [prompt.tokens[a:b] for a, b in itertools.pairwise(cuts)]
         decoder = OutputDecoder(
             self.loaded.tokenizer,
             stop_sequences=job.stop_sequences,
@@ -145,54 +188,91 @@ class Engine:
             tools=prompt.tools,
             continues=prompt.tokens[-1] if prompt.prefill else None,
         )
-        (uid,) = batch.insert([prompt.tokens], max_tokens=[job.max_tokens], samplers=[job.sampling.sampler()])
-        self._running[uid] = _Running(job, decoder, submitted)
+        (uid,) = batch.insert_segments(
+            [segments],
+            max_tokens=[max(job.max_tokens, 1)],
+            caches=[hit.cache],
+            all_tokens=[prompt.tokens[: hit.reused]],
+            samplers=[job.sampling.sampler()],
+        )
+        self._running[uid] = _Running(job, decoder, submitted, hit.reused, len(boundaries))
 
     def _drop_cancelled(self, batch) -> None:
         gone = [uid for uid, running in self._running.items() if running.job.cancelled]
         if gone:
-            batch.remove(gone)
+            # A cancelled turn's prompt is still worth keeping: a client often resends it.
+            for uid, (cache, tokens) in batch.remove(gone, return_prompt_caches=True).items():
+                if cache is not None and len(tokens) > self._running[uid].reused:
+                    self.cache.store(tokens, cache)
             for uid in gone:
-                del self._running[uid]
+                self._end(self._running.pop(uid).job, None)
+
+    def _store_segments(self, batch, prompt_responses) -> None:
+        ended = [
+            r.uid
+            for r in prompt_responses
+            if r.end_of_segment and not r.end_of_prompt and self._running[r.uid].segments_left
+        ]
+        for uid, (cache, tokens) in batch.extract_cache(ended).items():
+            self._running[uid].segments_left -= 1
+            self.cache.store(tokens, cache, kind="system")
 
     def _on_token(self, batch, response) -> None:
         running = self._running[response.uid]
-        running.output_tokens += 1
         if running.first_token is None:
             running.first_token = time.perf_counter()
         decoder = running.decoder
         emit = running.job.emit
-        if response.finish_reason != "stop":  # the end-of-sequence token itself is not output
-            for event in decoder.feed(response.token):
-                emit(event)
+        if not running.prewarm:
+            running.output_tokens += 1
+            if response.finish_reason != "stop":  # the end-of-sequence token itself is not output
+                for event in decoder.feed(response.token):
+                    emit(event)
         if decoder.stop_sequence is not None:
-            batch.remove([response.uid])
+            cache, tokens = batch.remove([response.uid], return_prompt_caches=True)[response.uid]
             reason = "stop_sequence"
-        elif response.finish_reason == "length":
-            reason = "max_tokens"
-        elif response.finish_reason == "stop":
-            reason = "end_turn"
+        elif response.finish_reason is not None:
+            cache, tokens = response.prompt_cache, response.all_tokens
+            reason = "end_turn" if response.finish_reason == "stop" else "max_tokens"
         else:
             return
-        for event in decoder.finish():
-            emit(event)
-        if reason == "end_turn" and decoder.tool_calls:
-            reason = "tool_use"
         del self._running[response.uid]
-        emit(self._finished(running, reason))
+        self.cache.store(tokens, cache)
+        if not running.prewarm:
+            for event in decoder.finish():
+                emit(event)
+        if running.prewarm:
+            reason = "max_tokens"
+        elif reason == "end_turn" and decoder.tool_calls:
+            reason = "tool_use"
+        self._end(running.job, self._finished(running, reason))
 
     def _finished(self, running: _Running, reason: str) -> Finished:
         now = time.perf_counter()
         first = running.first_token or now
+        prompt_tokens = len(running.job.prompt.tokens)
+        stored = prompt_tokens - running.reused if self.cache.max_bytes else 0
         return Finished(
             stop_reason=reason,  # type: ignore[arg-type]
             stop_sequence=running.decoder.stop_sequence,
-            usage=Usage(input_tokens=len(running.job.prompt.tokens), output_tokens=running.output_tokens),
+            # Anthropic's split of the prompt: read from the cache, newly written to it, and the rest.
+            usage=Usage(
+                input_tokens=prompt_tokens - running.reused - stored,
+                output_tokens=running.output_tokens,
+                cache_read_input_tokens=running.reused,
+                cache_creation_input_tokens=stored,
+            ),
             time_to_first_token=first - running.submitted,
             decode_seconds=now - first,
         )
 
+    def _end(self, job: GenerationJob, event: GenerationEvent | None) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+        if event is not None:
+            job.emit(event)
+
     def _fail_all(self, message: str, *, overloaded: bool) -> None:
         for running in self._running.values():
-            running.job.emit(Failed(message, overloaded=overloaded))
+            self._end(running.job, Failed(message, overloaded=overloaded))
         self._running.clear()
