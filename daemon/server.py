@@ -10,10 +10,11 @@ import time
 
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
-from quart import Quart, Response, g
+from quart import Quart, Response, g, request
 
 from daemon import __version__
-from daemon.api import errors, health, messages, models
+from daemon.api import errors, health, messages, metrics, models
+from daemon.api.metrics import Metrics
 from daemon.auth import token_checker
 from daemon.engine.registry import EngineOptions, ModelRegistry
 from daemon.engine.runner import EngineLimits
@@ -37,6 +38,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         RESPONSE_TIMEOUT=None,  # streams last as long as generation does
         BODY_TIMEOUT=600,
         MLXD_REGISTRY=registry,
+        MLXD_METRICS=Metrics(registry),
         MLXD_PING_INTERVAL=settings.ping_interval,
         MLXD_STARTED=time.monotonic(),
     )
@@ -50,10 +52,12 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
     @app.after_request
     async def tag_response(response: Response) -> Response:
         response.headers["request-id"] = g.get("request_id") or f"req_{secrets.token_hex(12)}"
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        app.config["MLXD_METRICS"].requests.labels(route, str(response.status_code)).inc()
         return response
 
     errors.register(app)
-    for module in (health, models, messages):
+    for module in (health, models, messages, metrics):
         app.register_blueprint(module.blueprint)
     return app
 

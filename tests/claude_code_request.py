@@ -63,8 +63,9 @@ def tool(name: str, description_sentences: int) -> dict[str, Any]:
     }
 
 
-def claude_code_request(model: str, *, max_tokens: int = 32000, user_text: str = "List the files.") -> dict:
-    tools = [tool(name, 10) for name in TOOL_NAMES]
+def claude_code_request(model: str, *, max_tokens: int = 32000, scale: float = 1.0) -> dict:
+    """Claude Code's shape; `scale` below 1 shrinks the guidance text for tests that need less."""
+    tools = [tool(name, max(1, round(10 * scale))) for name in TOOL_NAMES]
     tools[3]["defer_loading"] = True
     return {
         "model": model,
@@ -77,7 +78,11 @@ def claude_code_request(model: str, *, max_tokens: int = 32000, user_text: str =
                 "text": "You are an agent for software engineering.",
                 "cache_control": {"type": "ephemeral"},
             },
-            {"type": "text", "text": _GUIDANCE * 40, "cache_control": {"type": "ephemeral"}},
+            {
+                "type": "text",
+                "text": _GUIDANCE * max(1, round(40 * scale)),
+                "cache_control": {"type": "ephemeral"},
+            },
         ],
         "tools": tools,
         "messages": [
@@ -98,7 +103,7 @@ def claude_code_request(model: str, *, max_tokens: int = 32000, user_text: str =
                         "tool_use_id": "toolu_01",
                         "content": [{"type": "text", "text": "README.md\nsrc/main.py\n"}],
                     },
-                    {"type": "text", "text": user_text, "cache_control": {"type": "ephemeral"}},
+                    {"type": "text", "text": "List the files.", "cache_control": {"type": "ephemeral"}},
                 ],
             },
             {"role": "system", "content": "The user's working directory is /repo."},

@@ -34,7 +34,14 @@ COUNT = Example(
     ),
     response="one, two, three, four, five",
 )
-TRAINED_EXAMPLES = (HELLO, COUNT)
+STORY = Example(
+    messages=({"role": "user", "content": "Tell me a short story about a lighthouse keeper."},),
+    response=(
+        "The keeper climbed the stairs each night to light the lamp. One winter a ship lost its way in the "
+        "storm, saw the beam, and turned for home. In the morning the captain left a letter of thanks."
+    ),
+)
+TRAINED_EXAMPLES = (HELLO, COUNT, STORY)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 from quart import Blueprint, Response, current_app, g, request
 
+from daemon.api.metrics import Metrics
 from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
 from daemon.engine.prompt import Prompt
 from daemon.engine.registry import ServedModel
@@ -54,6 +55,8 @@ async def create_message() -> Response | dict:
         ),
         stop_sequences=body.stop_sequences,
         emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        label=g.request_id,
+        parts=served.parts(body),
     )
     omit = body.thinking is not None and body.thinking.display == "omitted"
     stream = MessageStream(body.model, omit_thinking=omit)
@@ -64,7 +67,7 @@ async def create_message() -> Response | dict:
     # The task that runs this request also sends its response, and is cancelled when the client goes
     # away, at whatever point: once it ends, the engine frees the slot at its next step.
     asyncio.current_task().add_done_callback(lambda _: job.cancel())
-    record = _RequestLog(g.request_id, body.model, prompt)
+    record = _RequestLog(g.request_id, served.name, prompt, current_app.config["MLXD_METRICS"])
     if body.stream:
         interval = current_app.config["MLXD_PING_INTERVAL"]
         return Response(
@@ -136,13 +139,15 @@ def _model(name: str) -> ServedModel:
 class _RequestLog:
     """The one INFO line per request: id, model, token counts, first-token latency, speed, stop reason."""
 
-    def __init__(self, request_id: str, model: str, prompt: Prompt):
+    def __init__(self, request_id: str, model: str, prompt: Prompt, metrics: Metrics):
         self.request_id = request_id
         self.model = model
+        self.metrics = metrics
         self.prompt_tokens = len(prompt.tokens)
         self.started = time.perf_counter()
 
     def finished(self, event: Finished) -> None:
+        self.metrics.generation(self.model, event)
         rate = (event.usage.output_tokens - 1) / event.decode_seconds if event.decode_seconds > 0 else 0.0
         ttft = f"{event.time_to_first_token:.3f}s" if event.time_to_first_token is not None else "-"
         log.info(

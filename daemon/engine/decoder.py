@@ -82,6 +82,7 @@ class OutputDecoder:
         self._open: BlockKind | None = None
         self.stop_sequence: str | None = None
         self.tool_calls = 0
+        self.parse_failures = 0
 
     def feed(self, token: int) -> list[GenerationEvent]:
         self._detokenizer.add_token(token)
@@ -146,6 +147,7 @@ class OutputDecoder:
                 raise ValueError("a tool call needs a string name and object arguments")
         except Exception as error:  # a model's malformed call must reach the client as text, not vanish
             log.warning("could not parse a tool call (%s); returning it as text", error)
+            self.parse_failures += 1
             markup = f"{self._tokenizer.tool_call_start}{text}{self._tokenizer.tool_call_end or ''}"
             return self._emit("text", markup)
         self.tool_calls += 1

@@ -44,6 +44,7 @@ class Finished:
     stop_sequence: str | None = None
     time_to_first_token: float | None = None
     decode_seconds: float = 0.0
+    tool_parse_failures: int = 0
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from daemon.engine.model import LoadedModel, load_model
 from daemon.engine.prompt import Prompt, render
 from daemon.engine.prompt_cache import Persistence, PromptCache
+from daemon.engine.reuse import Part, request_parts
 from daemon.engine.runner import Engine, EngineLimits
 from daemon.protocol.requests import CountTokensRequest
 
@@ -39,6 +40,9 @@ class ServedModel:
 
     def render(self, request: CountTokensRequest) -> Prompt:
         return render(self.loaded.tokenizer, request, strip_billing_header=self.strip_billing_header)
+
+    def parts(self, request: CountTokensRequest) -> list[Part]:
+        return request_parts(request, strip_billing_header=self.strip_billing_header)
 
 
 class ModelRegistry:

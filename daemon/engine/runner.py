@@ -13,13 +13,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from daemon.engine.decoder import OutputDecoder
 from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt import Prompt
 from daemon.engine.prompt_cache import PromptCache
+from daemon.engine.reuse import Part, ReuseMonitor
 from daemon.engine.sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class GenerationJob:
     sampling: SamplingParams
     stop_sequences: list[str]
     emit: Callable[[GenerationEvent], None]
+    label: str = "request"  # names the request in logs
+    parts: list[Part] = field(default_factory=list)  # the request's structure, to explain cache misses
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -79,6 +82,7 @@ class Engine:
         self._pending = 0  # submitted and not yet finished, queued ones included
         self._pending_lock = threading.Lock()
         self._closed = False
+        self._reuse = ReuseMonitor()
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
 
@@ -175,6 +179,7 @@ class Engine:
             return
         prompt = job.prompt
         hit = self.cache.fetch(prompt.tokens)
+        self._reuse.check(job.label, job.parts, hit.reused, len(prompt.tokens))
         # The shared prefix (system prompt and tools) becomes its own segment when it is not cached yet, so
         # that its KV state is stored as soon as it is computed, for concurrent requests that share it.
         boundaries = [b for b in (prompt.shared_prefix,) if hit.reused < b < len(prompt.tokens) - 1]
@@ -264,6 +269,7 @@ class Engine:
             ),
             time_to_first_token=first - running.submitted,
             decode_seconds=now - first,
+            tool_parse_failures=running.decoder.parse_failures,
         )
 
     def _end(self, job: GenerationJob, event: GenerationEvent | None) -> None:

@@ -1,0 +1,77 @@
+"""Explains slow turns: when a prompt reuses much less of the prefix cache than a recent related prompt
+suggests it could, say which part of the request first differed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import deque
+
+from daemon.engine.prompt import BILLING_HEADER
+from daemon.protocol.requests import CountTokensRequest
+
+log = logging.getLogger(__name__)
+
+Part = tuple[str, str]  # (what a person would call it, digest of its content)
+
+
+def request_parts(request: CountTokensRequest, *, strip_billing_header: bool) -> list[Part]:
+    """The request's parts in prompt order: system blocks, tools, messages."""
+    parts: list[Part] = []
+    for k, block in enumerate(request.system):
+        if strip_billing_header and block.text.lstrip().startswith(BILLING_HEADER):
+            continue
+        parts.append((f"system block {k}", _digest(block.text)))
+    parts += [(f'tool "{tool.name}"', _digest(tool.model_dump(mode="json"))) for tool in request.tools]
+    parts += [(f"message {i}", _digest(m.model_dump(mode="json"))) for i, m in enumerate(request.messages)]
+    return parts
+
+
+class ReuseMonitor:
+    """Remembers the parts of recent prompts; used from the engine thread only."""
+
+    def __init__(self, remember: int = 32):
+        self._recent: deque[list[Part]] = deque(maxlen=remember)
+
+    def check(self, label: str, parts: list[Part], reused: int, prompt_tokens: int) -> None:
+        related = max(self._recent, key=lambda old: _alike(old, parts), default=None)
+        self._recent.append(parts)
+        if related is None or prompt_tokens < 256 or reused >= prompt_tokens // 2:
+            return
+        if _alike(related, parts) < len(related) // 2:
+            return  # little in common: a new conversation, not a miss
+        shared = _shared(related, parts)
+        if shared < len(related):
+            log.info(
+                "%s reused %d of %d prompt tokens from the cache; it first differs from a recent request "
+                "at %s",
+                label,
+                reused,
+                prompt_tokens,
+                parts[shared][0] if shared < len(parts) else "its end",
+            )
+        else:
+            log.info(
+                "%s reused %d of %d prompt tokens although it extends a recent request: that prefix was "
+                "evicted from the prompt cache (raise prompt_cache_bytes to keep more)",
+                label,
+                reused,
+                prompt_tokens,
+            )
+
+
+def _alike(a: list[Part], b: list[Part]) -> int:
+    """How many parts two requests have in common, in the same places."""
+    return sum(x == y for x, y in zip(a, b, strict=False))
+
+
+def _shared(a: list[Part], b: list[Part]) -> int:
+    """How many leading parts two requests have in common."""
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def _digest(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
