@@ -70,17 +70,22 @@ class Settings(BaseModel):
         return self.model_name or self.model or "demo"
 
     def resolved_token(self) -> str | None:
-        """The token clients must present, from `token` or else `token_file`; None when auth is off."""
+        """The token clients must present: `token`, else `token_file`, else the token `mlxd token` made
+        in the config folder if there is one; None when auth is off. Read on every call, so a rotated
+        token applies at once."""
         if self.token:
             return self.token
-        if self.token_file is None:
-            return None
+        path = self.token_file
+        if path is None:
+            path = default_token_path()
+            if not path.exists():
+                return None
         try:
-            token = self.token_file.expanduser().read_text().strip()
+            token = path.expanduser().read_text().strip()
         except OSError as error:
-            raise SettingsError(f"cannot read token_file {self.token_file}: {error.strerror}") from error
+            raise SettingsError(f"cannot read token_file {path}: {error.strerror}") from error
         if not token:
-            raise SettingsError(f"token_file {self.token_file} is empty")
+            raise SettingsError(f"token_file {path} is empty")
         return token
 
     def check_bind(self) -> None:
@@ -109,6 +114,10 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.envi
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
         raise SettingsError(f"invalid settings: {problems}") from error
+
+
+def default_token_path() -> Path:
+    return config_dir() / "token"
 
 
 def default_config_path(environ: Mapping[str, str] = os.environ) -> Path:
