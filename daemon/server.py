@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import time
@@ -92,7 +93,9 @@ def run(settings: Settings) -> None:
     config.bind = [f"{host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 10.0
+    # Hypercorn waits for open requests this long after shutdown starts; the engines end theirs at the
+    # grace period, which leaves a few seconds to send the final error events.
+    config.graceful_timeout = settings.shutdown_grace + 5.0
     try:
         asyncio.run(_serve(app, config, settings, registry))
     finally:
@@ -100,26 +103,44 @@ def run(settings: Settings) -> None:
 
 
 async def _serve(app: Quart, config: HypercornConfig, settings: Settings, registry: ModelRegistry) -> None:
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("second %s: exiting at once", signal.Signals(signum).name)
+            os._exit(0)
+        log.info(
+            "%s: no longer accepting; waiting up to %.0fs for streams in flight",
+            signal.Signals(signum).name,
+            settings.shutdown_grace,
+        )
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    ending: list[asyncio.Task] = []
 
     async def shutdown_trigger() -> None:
         await stop.wait()
-        log.info("stopping: ending the generations in flight")
-        # Streams still open get an overloaded error event (clients retry) rather than a silent cut;
-        # Hypercorn then lets them flush before it closes their connections.
-        await asyncio.to_thread(registry.close)
+        ending.append(loop.create_task(_end_streams_after(settings.shutdown_grace, registry)))
 
-    auth = "on" if settings.resolved_token() else "off"
     log.info(
-        "mlxd %s listening on http://%s:%d (auth %s, model %s)",
+        "mlxd %s listening on http://%s:%d (auth %s; model %s)",
         __version__,
         settings.host,
         settings.port,
-        auth,
+        "on" if settings.resolved_token() else "off",
         settings.served_name,
     )
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
     log.info("mlxd stopped")
+
+
+async def _end_streams_after(grace: float, registry: ModelRegistry) -> None:
+    """Past the grace period, streams still open end with an overloaded error event (clients retry)
+    rather than a silent cut; Hypercorn then lets them flush before it closes their connections."""
+    await asyncio.sleep(grace)
+    log.info("grace period over: ending the generations still in flight")
+    await asyncio.to_thread(registry.close)

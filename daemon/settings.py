@@ -49,6 +49,8 @@ class Settings(BaseModel):
     token: str | None = None
     token_file: Path | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_file: Path | None = None
+    shutdown_grace: float = Field(30.0, ge=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     ping_interval: float = Field(5.0, gt=0)
     max_sequences: int = Field(8, gt=0)

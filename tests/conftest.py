@@ -16,7 +16,7 @@ import anthropic
 import httpx
 import pytest
 
-from daemon.engine.demo_model import ModelShape, build_model
+from tests.models import endless_model
 from tests.trained import Example, trained_model
 
 MODELS = Path(__file__).parent / ".models"
@@ -46,9 +46,10 @@ TRAINED_EXAMPLES = (HELLO, COUNT, STORY)
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    path = MODELS / "tiny-random-v1"
-    if not (path / "model.safetensors").exists():
-        build_model(path, ModelShape())
+    """A tiny random model that never ends a turn by itself (see `tests.models.endless_model`)."""
+    path = MODELS / "tiny-endless-v1"
+    if not (path / "config.json").exists():
+        endless_model(path)
     return path
 
 

@@ -189,7 +189,7 @@ def test_full_queue_is_refused_with_529(tiny_model: Path, tmp_path: Path) -> Non
     with run_server(tmp_path, *args, env=env) as server, server.http() as http:
         with http.stream("POST", "/v1/messages", json=hold) as stream:
             lines = stream.iter_lines()
-            next(line for line in lines if "text_delta" in line)
+            next(line for line in lines if line == "event: message_start")
             refused = http.post("/v1/messages", json={**hold, "stream": False, "max_tokens": 4})
             assert refused.status_code == 529
             assert refused.json()["error"]["type"] == "overloaded_error"

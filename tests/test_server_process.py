@@ -19,7 +19,7 @@ def test_signal_ends_the_server_cleanly(tiny_model: Path, tmp_path: Path, signum
     with run_server(tmp_path, "--model", str(tiny_model)) as server:
         assert httpx.get(f"{server.url}/health").status_code == 200
         server.process.send_signal(signum)
-        assert server.process.wait(timeout=60) == 0
+        assert server.process.wait(timeout=60) == 0, server.log()
         assert "mlxd stopped" in server.log()
 
 
@@ -57,8 +57,9 @@ def test_help_is_complete(command: list[str]) -> None:
         assert "serve" in result.stdout
 
 
-def test_stream_cut_by_shutdown_ends_with_an_error_event(tiny_model: Path, tmp_path: Path) -> None:
-    with run_server(tmp_path, "--model", str(tiny_model), "--model-name", "tiny") as server:
+def test_stream_past_the_shutdown_grace_ends_with_an_error_event(tiny_model: Path, tmp_path: Path) -> None:
+    env = server_env(tmp_path, MLXD_SHUTDOWN_GRACE="0.5")
+    with run_server(tmp_path, "--model", str(tiny_model), "--model-name", "tiny", env=env) as server:
         request = {
             "model": "tiny",
             "max_tokens": 30000,
@@ -67,16 +68,35 @@ def test_stream_cut_by_shutdown_ends_with_an_error_event(tiny_model: Path, tmp_p
         }
         with server.http() as http, http.stream("POST", "/v1/messages", json=request) as response:
             lines = response.iter_lines()
-            for line in lines:
-                if "text_delta" in line:
-                    break
+            next(line for line in lines if line == "event: message_start")
             server.process.send_signal(signal.SIGTERM)
             rest = list(lines)
-        assert server.process.wait(timeout=60) == 0
+        assert server.process.wait(timeout=60) == 0, server.log()
     assert "event: error" in rest
     error = json.loads(rest[rest.index("event: error") + 1].removeprefix("data: "))
     assert error["error"]["type"] == "overloaded_error"
     assert "message_stop" not in "".join(rest)
+
+
+def test_stream_within_the_shutdown_grace_finishes(tiny_model: Path, tmp_path: Path) -> None:
+    env = server_env(tmp_path, MLXD_SHUTDOWN_GRACE="120")
+    request = {
+        "model": "tiny",
+        "max_tokens": 300,
+        "temperature": 0,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    with run_server(tmp_path, "--model", str(tiny_model), "--model-name", "tiny", env=env) as server:
+        with server.http() as http, http.stream("POST", "/v1/messages", json=request) as response:
+            lines = response.iter_lines()
+            next(line for line in lines if line == "event: message_start")
+            server.process.send_signal(signal.SIGTERM)
+            rest = list(lines)
+        assert server.process.wait(timeout=60) == 0, server.log()
+    assert "event: message_stop" in rest and "event: error" not in rest
+    delta = json.loads(rest[rest.index("event: message_delta") + 1].removeprefix("data: "))
+    assert delta["usage"]["output_tokens"] == 300
 
 
 def test_model_generation_config_supplies_sampling_defaults(tmp_path: Path) -> None:

@@ -246,11 +246,11 @@ def test_health_and_probes_need_no_token(server: RunningServer) -> None:
     assert httpx.head(f"{server.url}/api/hello").status_code == 200
 
 
-def first_text(response: httpx.Response) -> Iterator[str]:
-    """Read a stream up to its first text delta; the caller keeps the returned line iterator, because an
-    abandoned one is closed when collected, and closes the connection with it."""
+def started(response: httpx.Response) -> Iterator[str]:
+    """Read a stream up to its message_start, from when its job is queued or running. The caller keeps the
+    returned line iterator: an abandoned one is closed when collected, and closes the connection with it."""
     lines = response.iter_lines()
-    next(line for line in lines if "text_delta" in line)
+    next(line for line in lines if line == "event: message_start")
     return lines
 
 
@@ -263,7 +263,7 @@ def test_client_disconnect_stops_generation(server: RunningServer, http: httpx.C
     with http.stream(
         "POST", "/v1/messages", json=body(stream=True, max_tokens=20000, temperature=0)
     ) as response:
-        lines = first_text(response)
+        lines = started(response)
         assert active_sequences(server) == 1
     deadline = time.monotonic() + 60
     while active_sequences(server) and time.monotonic() < deadline:
@@ -287,7 +287,7 @@ def test_other_routes_answer_while_a_generation_runs(server: RunningServer, http
     with http.stream(
         "POST", "/v1/messages", json=body(stream=True, max_tokens=20000, temperature=0)
     ) as response:
-        _lines = first_text(response)
+        _lines = started(response)
         with server.http() as other:
             assert other.get("/v1/models").status_code == 200
             count = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}

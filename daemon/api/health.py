@@ -19,7 +19,12 @@ async def health() -> dict:
         "version": __version__,
         "uptime_seconds": round(time.monotonic() - current_app.config["MLXD_STARTED"], 1),
         "models": [
-            {"id": served.name, "loaded": True, "active_sequences": served.engine.active_sequences}
+            {
+                "id": served.name,
+                "loaded": True,
+                "context_length": served.loaded.context_length,
+                "active_sequences": served.engine.active_sequences,
+            }
             for served in registry
         ],
     }

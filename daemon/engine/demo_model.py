@@ -95,8 +95,9 @@ def build_model(path: Path, shape: ModelShape = ModelShape(), seed: int = 0) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        eos_token_id = _write_tokenizer(staging, shape.vocab_size)
-        config = shape.config(eos_token_id)
+        eos_token_id, vocab_size = _write_tokenizer(staging, shape.vocab_size)
+        # The trainer may learn fewer tokens than asked; the model outputs exactly as many as exist.
+        config = {**shape.config(eos_token_id), "vocab_size": vocab_size}
         (staging / "config.json").write_text(json.dumps(config, indent=2))
         if shape.generation_config:
             (staging / "generation_config.json").write_text(json.dumps(shape.generation_config))
@@ -111,8 +112,9 @@ def build_model(path: Path, shape: ModelShape = ModelShape(), seed: int = 0) -> 
     return path
 
 
-def _write_tokenizer(folder: Path, vocab_size: int) -> int:
-    """Train a byte-level BPE tokenizer on the corpus and save it; returns the EOS token id."""
+def _write_tokenizer(folder: Path, vocab_size: int) -> tuple[int, int]:
+    """Train a byte-level BPE tokenizer on the corpus and save it; returns the EOS token id and the
+    number of tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -134,10 +136,10 @@ def _write_tokenizer(folder: Path, vocab_size: int) -> int:
     )
     wrapped.chat_template = chat_template()
     wrapped.save_pretrained(str(folder))
-    return tokenizer.token_to_id("<|im_end|>")
+    return tokenizer.token_to_id("<|im_end|>"), len(wrapped)
 
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 
 
 def ensure_demo_model(data_dir: Path) -> Path:

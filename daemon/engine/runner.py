@@ -82,6 +82,7 @@ class Engine:
         self._pending = 0  # submitted and not yet finished, queued ones included
         self._pending_lock = threading.Lock()
         self._closed = False
+        self._close_lock = threading.Lock()
         self._reuse = ReuseMonitor()
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
@@ -110,9 +111,12 @@ class Engine:
 
     def close(self) -> None:
         """Stop the thread; jobs still running end with an overloaded error so clients retry."""
-        if not self._closed:
-            self._closed = True
-            self._inbox.put(_STOP)
+        # Callers race at shutdown (the grace timer and the runner's exit); each returns only once the
+        # thread is gone, since MLX must not be running when the interpreter exits.
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self._inbox.put(_STOP)
             self._thread.join()
             # Anything submitted while the thread was stopping.
             for job, _ in self._take_inbox(block=False):
@@ -133,6 +137,11 @@ class Engine:
                 self._fail_all(SHUTTING_DOWN, overloaded=True)
                 batch.close()
                 self.cache.save()
+                # The generator computes one step ahead: let that finish, then release this thread's MLX
+                # streams here, since left to the thread's teardown they abort the process.
+                mx.synchronize(stream)
+                del batch
+                mx.clear_streams()
                 return
             try:
                 for job, submitted in incoming:
