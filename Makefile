@@ -21,6 +21,11 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# The benchmark suite with mlx-lm's own server as a peer; QUICK=1 for the reduced run,
+# ARGS for more flags (e.g. ARGS="--peer http://127.0.0.1:8080 --prefix-tokens 19000").
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks --mlx-lm-server $(if $(QUICK),--quick) $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -1,0 +1,60 @@
+"""The benchmark suite end to end, at its smoke size: the raw engine, mlxd, mlx_lm.server and an
+Anthropic-API peer (a second mlxd) all measured, and every section written. No timing is asserted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks.cli import main
+from tests.conftest import run_server
+
+SECTIONS = ("single_stream", "concurrency", "session", "prefill")
+PLOTS = ("single_stream", "concurrency", "session", "prefill", "memory")
+
+
+def is_number(value: object) -> bool:
+    return isinstance(value, int | float) and value >= 0
+
+
+def test_smoke_run_writes_every_section(tmp_path: Path, tiny_model: Path) -> None:
+    out = tmp_path / "results"
+    with run_server(tmp_path / "peer", "--model", str(tiny_model), "--model-name", "peer-model") as peer:
+        argv = ["--smoke", "--mlx-lm-server", "--peer", peer.url, "--out", str(out)]
+        assert main([*argv, "--models-dir", str(tmp_path / "models")]) == 0
+        peer_name = f"peer {peer.url.removeprefix('http://')}"
+
+    for name in ("results.json", "results.md", *(f"{plot}.png" for plot in PLOTS)):
+        assert (out / name).stat().st_size > 0, name
+    results = json.loads((out / "results.json").read_text())
+    servers = ("mlxd", "mlx_lm.server", peer_name)
+
+    for section in SECTIONS:
+        expected = {"raw", *servers} if section != "session" else set(servers)
+        assert set(results[section]) == expected, section
+    for target, figures in results["single_stream"].items():
+        assert is_number(figures["ttft_s"]["median"]), target
+        assert is_number(figures["decode_tps"]["median"]), target
+    for target, levels in results["concurrency"].items():
+        assert set(levels) == {"1", "2"}, target
+        assert all(is_number(level["aggregate_tps"]["median"]) for level in levels.values()), target
+    for target, figures in results["session"].items():
+        assert [turn["turn"] for turn in figures["turns"]] == [1, 2], target
+        assert all(turn["prompt_tokens"]["median"] > 1000 for turn in figures["turns"]), target
+        assert is_number(figures["turns"][1]["cached_tokens"]["median"]), target
+        assert is_number(figures["turns"][1]["ttft_over_turn1"]["median"]), target
+    for target, sizes in results["prefill"].items():
+        assert is_number(sizes["128"]["prefill_tps"]["median"]), target
+
+    bound = results["physical_bound"]
+    assert bound["bound_tps"] > 0
+    assert set(bound["fraction_of_bound"]) == {"raw", *servers}
+    assert set(results["memory"]) == {"mlxd", "mlx_lm.server"}
+    assert all(memory["idle_bytes"] > 0 and memory["peak_bytes"] > 0 for memory in results["memory"].values())
+    assert results["meta"]["machine"]["cores"] > 0
+    assert results["meta"]["model"]["weight_bytes"] > 0
+
+    table = (out / "results.md").read_text()
+    assert "| Workload | Metric | raw | mlxd |" in table
+    assert "mlxd / raw" in table
+    assert "Physical bound" in table
