@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -329,3 +330,16 @@ def _http_url(value: str | None) -> str | None:
     if value is not None and (urlsplit(value).scheme != "http" or not urlsplit(value).hostname):
         raise click.BadParameter(f"{value!r} is not an http:// address, e.g. http://127.0.0.1:{DEFAULT_PORT}")
     return value
+
+
+@main.command(context_settings={"ignore_unknown_options": True}, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench(args: tuple[str, ...]) -> None:
+    """Benchmark mlxd against the raw MLX engine and peer servers (`mlxd bench --help` for options)."""
+    try:
+        from benchmarks.cli import main as run_benchmarks
+    except ImportError as error:
+        raise click.ClickException(
+            f"the benchmark suite is not installed ({error}); from a checkout: pip install -e '.[bench]'"
+        ) from error
+    sys.exit(run_benchmarks(list(args), prog="mlxd bench"))
