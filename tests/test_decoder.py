@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 from mlx_lm.tokenizer_utils import load as load_tokenizer
+from mlx_lm.tool_parsers import mistral, qwen3_coder
 
 from daemon.engine.decoder import OutputDecoder, StopMatcher
 from daemon.engine.events import BlockDelta, BlockStart, BlockStop
+from daemon.engine.prompt import Prompt
+from daemon.engine.tools import GENERIC_FORMAT, ToolFormat, model_format
 
 
 @pytest.fixture(scope="module")
@@ -39,13 +42,48 @@ def test_stop_matcher_releases_held_text_that_was_no_stop() -> None:
     assert matcher.flush() == ""
 
 
-def decode(tokenizer, text: str, *, thinking: bool = True, stops: list[str] | None = None) -> list:
-    decoder = OutputDecoder(
-        tokenizer, stop_sequences=stops or [], thinking=thinking, starts_in_thinking=False, tools=[]
-    )
+def prompt(tokens=(1,), **fields) -> Prompt:
+    fields.setdefault("thinking", True)
+    fields.setdefault("starts_in_thinking", False)
+    fields.setdefault("tools", TOOLS)
+    return Prompt(list(tokens), **fields)
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "Read",
+            "description": "",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string"},
+                    "n": {"type": "integer"},
+                    "opts": {"type": "object"},
+                },
+            },
+        },
+    }
+]
+
+
+def decode(tokenizer, text: str, *, thinking: bool = True, stops: list[str] | None = None, **fields) -> list:
+    """Decode `text` token by token, as the engine does."""
+    fields.setdefault("tool_format", model_format(tokenizer))
+    decoder = OutputDecoder(tokenizer, prompt(thinking=thinking, **fields), stops or [])
     events = []
     for token in tokenizer.encode(text, add_special_tokens=False):
         events += decoder.feed(token)
+    return events + decoder.finish()
+
+
+def decode_chunks(tokenizer, chunks: list[str], **fields) -> list:
+    """Decode text arriving in the given pieces."""
+    decoder = OutputDecoder(tokenizer, prompt(**fields), [])
+    events = []
+    for chunk in chunks:
+        events += decoder.feed_text(chunk)
     return events + decoder.finish()
 
 
@@ -81,6 +119,63 @@ def test_thinking_becomes_a_thinking_block(tokenizer) -> None:
 def test_thinking_nobody_asked_for_is_dropped(tokenizer) -> None:
     text = "<think>plan it</think>The answer."
     assert blocks(decode(tokenizer, text, thinking=False)) == [("text", "The answer.")]
+
+
+FAMILIES = {
+    "json_tools": (
+        None,
+        'Let me look.<tool_call>\n{"name": "Read", "arguments": {"path": "/a", "n": "2"}}\n</tool_call>',
+    ),
+    "qwen3_coder": (
+        ToolFormat(
+            qwen3_coder.tool_call_start, qwen3_coder.tool_call_end, qwen3_coder.parse_tool_call, "qwen3_coder"
+        ),
+        "Let me look.<tool_call>\n<function=Read>\n<parameter=path>\n/a\n</parameter>\n"
+        "<parameter=n>\n2\n</parameter>\n</function>\n</tool_call>",
+    ),
+    "mistral": (
+        ToolFormat(mistral.tool_call_start, mistral.tool_call_end, mistral.parse_tool_call, "mistral"),
+        'Let me look.[TOOL_CALLS]Read[ARGS]{"path": "/a", "n": 2}',
+    ),
+    "generic": (
+        GENERIC_FORMAT,
+        'Let me look.<tool_call>\n{"name": "Read", "arguments": {"path": "/a", "n": 2}}\n</tool_call>',
+    ),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_each_call_format_parses_wherever_the_output_is_cut(tokenizer, family: str) -> None:
+    tool_format, text = FAMILIES[family]
+    tool_format = tool_format or model_format(tokenizer)
+    expected = [("text", "Let me look."), ("Read", '{"path": "/a", "n": 2}')]
+    for cut in range(len(text) + 1):
+        events = decode_chunks(tokenizer, [text[:cut], text[cut:]], tool_format=tool_format)
+        assert blocks(events) == expected, (family, cut)
+    assert blocks(decode_chunks(tokenizer, list(text), tool_format=tool_format)) == expected
+
+
+def test_two_calls_become_two_blocks_unless_parallel_calls_are_off(tokenizer) -> None:
+    call = '<tool_call>\n{"name": "Read", "arguments": {"path": "/%s"}}\n</tool_call>'
+    text = call % "a" + "\n" + call % "b"
+    assert blocks(decode(tokenizer, text)) == [("Read", '{"path": "/a"}'), ("Read", '{"path": "/b"}')]
+    assert blocks(decode(tokenizer, text, single_call=True)) == [("Read", '{"path": "/a"}')]
+
+
+def test_forced_call_continues_the_opening_in_the_prompt(tokenizer) -> None:
+    rest = '{"path": "/a", "opts": "{\\"deep\\": [1]}"}}\n</tool_call>'
+    events = decode(tokenizer, rest, tool_opening='\n{"name": "Read", "arguments": ', single_call=True)
+    assert blocks(events) == [("Read", '{"path": "/a", "opts": {"deep": [1]}}')]
+
+
+def test_call_markup_without_tools_on_offer_stays_text(tokenizer) -> None:
+    text = '<tool_call>\n{"name": "Read", "arguments": {}}\n</tool_call>'
+    assert blocks(decode(tokenizer, text, tool_format=None)) == [("text", text)]
+
+
+def test_thinking_block_drops_the_blank_lines_around_it(tokenizer) -> None:
+    text = "<think>\nplan it\n\n</think>\n\nThe answer."
+    assert blocks(decode(tokenizer, text)) == [("thinking", "plan it"), ("text", "The answer.")]
 
 
 def test_unparseable_tool_call_is_returned_as_text(tokenizer) -> None:

@@ -13,6 +13,8 @@ from typing import Any
 from mlx_lm.generate import TextStateMachine, make_text_state_machine
 
 from daemon.engine.events import BlockDelta, BlockKind, BlockStart, BlockStop, GenerationEvent
+from daemon.engine.prompt import Prompt
+from daemon.engine.tools import GENERIC_START, ToolFormat
 
 log = logging.getLogger(__name__)
 
@@ -54,59 +56,65 @@ def _overlap(text: str, stop: str) -> int:
 
 
 class OutputDecoder:
-    def __init__(
-        self,
-        tokenizer: Any,
-        *,
-        stop_sequences: list[str],
-        thinking: bool,
-        starts_in_thinking: bool,
-        tools: list[dict[str, Any]],
-        continues: int | None = None,
-    ):
-        """`continues`: the prompt's last token when the answer continues a prefilled assistant turn."""
+    """Reads one response: text, thinking, and tool calls in the prompt's `tool_format`."""
+
+    def __init__(self, tokenizer: Any, prompt: Prompt, stop_sequences: list[str]):
         self._tokenizer = tokenizer
         self._detokenizer = tokenizer.detokenizer
-        if continues is not None:
+        if prompt.prefill:
             # Detokenizers drop a leading space at the start of a text; a continuation must keep it.
-            self._detokenizer.add_token(continues)
+            self._detokenizer.add_token(prompt.tokens[-1])
             self._detokenizer.finalize()
             _ = self._detokenizer.last_segment
-        self._machine = make_text_state_machine(tokenizer)
-        initial = "reasoning" if starts_in_thinking else "normal"
-        self._state = self._machine.make_state(tokenizer.response_initial_state or initial)
+        self._format = prompt.tool_format
+        own = self._format is None or self._format.start == tokenizer.tool_call_start
+        machine = make_text_state_machine(tokenizer) if own else _machine_for(tokenizer, self._format)
+        initial = "reasoning" if prompt.starts_in_thinking else "normal"
+        if prompt.tool_opening is not None:
+            initial = "tool"
+        self._state = machine.make_state(tokenizer.response_initial_state or initial)
         self._stops = StopMatcher(stop_sequences)
-        self._show_thinking = thinking
-        self._tools = tools
-        self._tool_text: list[str] = []
+        self._show_thinking = prompt.thinking
+        self._tools = prompt.tools
+        self._single_call = prompt.single_call
+        self._tool_text: list[str] = [prompt.tool_opening or ""]
         self._open: BlockKind | None = None
+        self._after_thinking = False  # the next text block follows a thinking block: trim its leading blank
+        self._held_space = ""  # the open block's trailing whitespace, kept back until more text comes
         self.stop_sequence: str | None = None
+        self.done = False  # a single call was made: generation should end here
         self.tool_calls = 0
         self.parse_failures = 0
 
+    @property
+    def finished_early(self) -> bool:
+        """The response is complete before the model ended it: a stop sequence fired or a call was made."""
+        return self.stop_sequence is not None or self.done
+
     def feed(self, token: int) -> list[GenerationEvent]:
         self._detokenizer.add_token(token)
-        return self._text(self._detokenizer.last_segment)
+        return self.feed_text(self._detokenizer.last_segment)
 
     def finish(self) -> list[GenerationEvent]:
         """Events that close the response once generation has ended, for whatever reason."""
         self._detokenizer.finalize()
-        events = self._text(self._detokenizer.last_segment) if self.stop_sequence is None else []
+        events = self.feed_text(self._detokenizer.last_segment)
         self._state, rest, state = TextStateMachine.flush(self._state)
-        if self.stop_sequence is None:
+        if not self.finished_early:
             events += self._segment(state, rest, final=True)
             if self._open == "text":
                 events += self._emit("text", self._stops.flush())
         return events + self._close()
 
-    def _text(self, text: str) -> list[GenerationEvent]:
-        if not text or self.stop_sequence is not None:
+    def feed_text(self, text: str) -> list[GenerationEvent]:
+        """Events for the next piece of decoded text, however the output happens to be cut."""
+        if not text or self.finished_early:
             return []
         self._state, segments = TextStateMachine.split(self._state, text)
         events: list[GenerationEvent] = []
         for i, (state, part) in enumerate(segments):
             events += self._segment(state, part, final=i < len(segments) - 1)
-            if self.stop_sequence is not None:
+            if self.finished_early:
                 break
         return events
 
@@ -118,37 +126,71 @@ class OutputDecoder:
         kind = _KIND_OF_STATE.get(state, "text")
         if kind == "thinking" and not self._show_thinking:
             log.debug("dropping reasoning the request did not ask for: %r", text)
+            self._after_thinking = True
             return []
         if kind == "text":
             text, self.stop_sequence = self._stops.push(text)
         return self._emit(kind, text)
 
     def _emit(self, kind: BlockKind, text: str) -> list[GenerationEvent]:
-        if not text:
-            return []
-        events = [] if self._open == kind else [*self._close(), BlockStart(kind)]
+        if self._open != kind:
+            # A block starts at its first visible character: the blank lines templates put around
+            # reasoning are markup, not content.
+            if kind == "thinking" or self._after_thinking:
+                text = text.lstrip()
+            if not text:
+                return []
+            self._after_thinking = kind == "thinking"
+            events: list[GenerationEvent] = [*self._close(), BlockStart(kind)]
+        else:
+            events = []
         self._open = kind
-        return [*events, BlockDelta(text)]
+        # Trailing whitespace waits for more text: at a block's end (before a call, after reasoning) it
+        # is the template's layout, not content.
+        text = self._held_space + text
+        body = text.rstrip()
+        self._held_space = text[len(body) :]
+        text = body
+        return [*events, BlockDelta(text)] if text else events
 
     def _close(self) -> list[GenerationEvent]:
         if self._open is None:
             return []
         self._open = None
+        self._held_space = ""
         return [BlockStop()]
 
     def _tool_call(self) -> list[GenerationEvent]:
         text, self._tool_text = "".join(self._tool_text), []
+        markup = (
+            f"{self._tokenizer.tool_call_start or GENERIC_START}{text}{self._tokenizer.tool_call_end or ''}"
+        )
+        if self._format is None:
+            return self._emit("text", markup)  # no tools on offer: the model's markup is just text
         try:
-            call = self._tokenizer.tool_parser(text, self._tools)
-            name, arguments = call["name"], call.get("arguments", {})
-            if isinstance(arguments, str):
-                arguments = json.loads(arguments)
-            if not isinstance(name, str) or not isinstance(arguments, dict):
-                raise ValueError("a tool call needs a string name and object arguments")
+            calls = self._format.calls(text, self._tools)
         except Exception as error:  # a model's malformed call must reach the client as text, not vanish
             log.warning("could not parse a tool call (%s); returning it as text", error)
             self.parse_failures += 1
-            markup = f"{self._tokenizer.tool_call_start}{text}{self._tokenizer.tool_call_end or ''}"
-            return self._emit("text", markup)
-        self.tool_calls += 1
-        return [*self._close(), BlockStart("tool_use", name), BlockDelta(json.dumps(arguments)), BlockStop()]
+            return self._emit("text", f"{self._format.start}{text}{self._format.end or ''}")
+        events = self._close()
+        for name, arguments in calls[:1] if self._single_call else calls:
+            events += [BlockStart("tool_use", name), BlockDelta(json.dumps(arguments)), BlockStop()]
+            self.tool_calls += 1
+        self._after_thinking = True  # text after a call starts at its first visible character too
+        self.done = self._single_call
+        return events
+
+
+def _machine_for(tokenizer: Any, tool_format: ToolFormat) -> TextStateMachine:
+    """States for a call format that is not the tokenizer's own (mlxd's generic one), beside the model's
+    thinking markers."""
+    start = tool_format.start
+    transitions: dict[str, list[tuple[str, str]]] = {
+        "normal": [(start, "tool")],
+        "tool": [(tool_format.end, "normal")] if tool_format.end else [],
+    }
+    if tokenizer.has_thinking:
+        transitions["normal"].append((tokenizer.think_start, "reasoning"))
+        transitions["reasoning"] = [(tokenizer.think_end, "normal"), (start, "tool")]
+    return TextStateMachine(transitions)

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from jinja2 import TemplateError
 from mlx_lm.utils import common_prefix_len
 
+from daemon.engine.tools import (
+    GENERIC_END,
+    GENERIC_FORMAT,
+    GENERIC_START,
+    ToolFormat,
+    generic_instructions,
+    model_format,
+)
 from daemon.protocol.requests import (
     CountTokensRequest,
     DocumentBlock,
@@ -24,6 +32,7 @@ from daemon.protocol.requests import (
     SearchResultBlock,
     TextBlock,
     ThinkingBlock,
+    ToolChoice,
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
@@ -42,6 +51,11 @@ class Prompt:
     tools: list[dict[str, Any]]
     prefill: bool = False  # the answer continues an assistant turn the client began
     shared_prefix: int = 0  # tokens of the leading system prompt and tools, shared across a session
+    tool_format: ToolFormat | None = None  # how calls are written; None: any call markup is plain text
+    tool_opening: str | None = None  # a forced call's opening, after the start marker, ending the prompt
+    single_call: bool = False  # stop after the first call (`disable_parallel_tool_use`, a forced call)
+    banned_tokens: tuple[int, ...] = ()  # tokens the model may not generate (`tool_choice: none`)
+    thinking_budget: int | None = None
 
 
 BILLING_HEADER = "x-anthropic-billing-header:"
@@ -83,34 +97,93 @@ def tool_definitions(request: CountTokensRequest) -> list[dict[str, Any]]:
 
 
 def render(tokenizer: Any, request: CountTokensRequest, *, strip_billing_header: bool = True) -> Prompt:
-    """Tokens of the prompt exactly as the model will process it."""
+    """Tokens of the prompt exactly as the model will process it, and how to read what it writes."""
     messages = chat_messages(request, strip_billing_header=strip_billing_header)
     if len(messages) > 1 and messages[-1] == {"role": "assistant", "content": ""}:
         messages.pop()  # an empty assistant turn prefills nothing
     tools = tool_definitions(request)
+    tool_format = model_format(tokenizer) if tools else None
+    if tools and tool_format is None:
+        # The template knows no tools: describe them in the system prompt and show past calls as text,
+        # in mlxd's generic format, which the decoder then reads back.
+        tool_format = GENERIC_FORMAT
+        messages = _with_generic_tools(messages, tools)
+    template_tools = tools if tool_format is not GENERIC_FORMAT else []
     thinking = request.thinking_on
     prefill = messages[-1]["role"] == "assistant" and _plain(messages[-1])
     kwargs: dict[str, Any] = {
-        "tools": tools or None,
+        "tools": template_tools or None,
         "add_generation_prompt": not prefill,
         "continue_final_message": prefill,
         "enable_thinking": thinking,
     }
     if not tokenizer.has_chat_template:
-        tokens = tokenizer.encode(_plain_transcript(messages, prefill))
-        return Prompt(list(tokens), thinking, False, tools, prefill)
-    tokens = _apply_template(tokenizer, messages, kwargs)
+        tokens = list(tokenizer.encode(_plain_transcript(messages, prefill)))
+        return Prompt(tokens, thinking, False, tools, prefill)
+    tokens = list(_apply_template(tokenizer, messages, kwargs))
     starts_in_thinking = False
     if tokenizer.has_thinking:
         starts_in_thinking = tokenizer.rfind_think_start(tokens) > tokenizer.rfind_think_end(tokens)
     shared = 0
-    if messages[0]["role"] == "system" or tools:
+    if messages[0]["role"] == "system" or template_tools:
         # The prompt of the system turn and tools alone, followed by an empty user turn: where it first
         # differs from the full prompt is where the shared prefix ends.
         head = [m for m in messages[:1] if m["role"] == "system"] + [{"role": "user", "content": ""}]
         head_kwargs = {**kwargs, "add_generation_prompt": False, "continue_final_message": False}
         shared = common_prefix_len(tokens, _apply_template(tokenizer, head, head_kwargs))
-    return Prompt(list(tokens), thinking, starts_in_thinking, tools, prefill, shared)
+    prompt = Prompt(tokens, thinking, starts_in_thinking, tools, prefill, shared, tool_format)
+    budget = (
+        request.thinking.budget_tokens if request.thinking and request.thinking.type == "enabled" else None
+    )
+    return _with_tool_choice(tokenizer, replace(prompt, thinking_budget=budget), request.tool_choice)
+
+
+def _with_tool_choice(tokenizer: Any, prompt: Prompt, choice: ToolChoice | None) -> Prompt:
+    """`none` bans the call marker; `any` and `tool` end the prompt with a call's opening (and the tool's
+    name), so that a call is what the model writes next."""
+    tool_format = prompt.tool_format
+    if tool_format is None or choice is None or choice.type == "auto":
+        return replace(prompt, single_call=bool(choice and choice.disable_parallel_tool_use))
+    if choice.type == "none":
+        start = tokenizer.encode(tool_format.start, add_special_tokens=False)
+        if len(start) == 1:
+            return replace(prompt, tool_format=None, banned_tokens=tuple(start))
+        log.info(
+            "the tool-call marker %r is several tokens; tool_choice none cannot ban it", tool_format.start
+        )
+        return replace(prompt, tool_format=None)
+    opening = tool_format.forced_prefix(choice.name if choice.type == "tool" else None)
+    forced = tokenizer.encode(opening, add_special_tokens=False)
+    return replace(
+        prompt,
+        tokens=prompt.tokens + list(forced),
+        tool_opening=opening[len(tool_format.start) :],
+        single_call=True,
+    )
+
+
+def _with_generic_tools(messages: list[ChatMessage], tools: list[dict[str, Any]]) -> list[ChatMessage]:
+    instructions = generic_instructions(tools)
+    out: list[ChatMessage] = []
+    for message in messages:
+        if message.get("tool_calls"):
+            calls = [
+                f"{GENERIC_START}\n{json.dumps(call['function'], ensure_ascii=False)}\n{GENERIC_END}"
+                for call in message["tool_calls"]
+            ]
+            content = "\n".join(part for part in (message["content"], *calls) if part)
+            out.append({"role": "assistant", "content": content})
+        elif message["role"] == "tool":
+            out.append(
+                {"role": "user", "content": f"<tool_response>\n{message['content']}\n</tool_response>"}
+            )
+        else:
+            out.append(message)
+    if out[0]["role"] == "system":
+        out[0] = {"role": "system", "content": f"{out[0]['content']}\n\n{instructions}"}
+    else:
+        out.insert(0, {"role": "system", "content": instructions})
+    return _merge_consecutive(out)
 
 
 def _apply_template(tokenizer: Any, messages: list[ChatMessage], kwargs: dict[str, Any]) -> list[int]:

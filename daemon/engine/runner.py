@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from daemon.engine.constraints import ThinkingBudget, ban
 from daemon.engine.decoder import OutputDecoder
 from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
 from daemon.engine.model import LoadedModel
@@ -194,22 +195,32 @@ class Engine:
         boundaries = [b for b in (prompt.shared_prefix,) if hit.reused < b < len(prompt.tokens) - 1]
         cuts = [hit.reused, *boundaries, len(prompt.tokens)]
         segments = [prompt.tokens[a:b] for a, b in itertools.pairwise(cuts)]
-        decoder = OutputDecoder(
-            self.loaded.tokenizer,
-            stop_sequences=job.stop_sequences,
-            thinking=prompt.thinking,
-            starts_in_thinking=prompt.starts_in_thinking,
-            tools=prompt.tools,
-            continues=prompt.tokens[-1] if prompt.prefill else None,
-        )
+        decoder = OutputDecoder(self.loaded.tokenizer, prompt, job.stop_sequences)
         (uid,) = batch.insert_segments(
             [segments],
             max_tokens=[max(job.max_tokens, 1)],
             caches=[hit.cache],
             all_tokens=[prompt.tokens[: hit.reused]],
             samplers=[job.sampling.sampler()],
+            logits_processors=[self._constraints(prompt)],
         )
         self._running[uid] = _Running(job, decoder, submitted, hit.reused, len(boundaries))
+
+    def _constraints(self, prompt: Prompt) -> list:
+        processors = []
+        if prompt.banned_tokens:
+            processors.append(ban(prompt.banned_tokens))
+        tokenizer = self.loaded.tokenizer
+        if prompt.thinking_budget is not None and tokenizer.has_thinking:
+            processors.append(
+                ThinkingBudget(
+                    prompt.thinking_budget,
+                    tuple(tokenizer.think_start_tokens),
+                    tuple(tokenizer.think_end_tokens),
+                    thinking=prompt.starts_in_thinking,
+                )
+            )
+        return processors
 
     def _drop_cancelled(self, batch) -> None:
         gone = [uid for uid, running in self._running.items() if running.job.cancelled]
@@ -242,9 +253,9 @@ class Engine:
             if response.finish_reason != "stop":  # the end-of-sequence token itself is not output
                 for event in decoder.feed(response.token):
                     emit(event)
-        if decoder.stop_sequence is not None:
+        if decoder.finished_early:
             cache, tokens = batch.remove([response.uid], return_prompt_caches=True)[response.uid]
-            reason = "stop_sequence"
+            reason = "stop_sequence" if decoder.stop_sequence is not None else "tool_use"
         elif response.finish_reason is not None:
             cache, tokens = response.prompt_cache, response.all_tokens
             reason = "end_turn" if response.finish_reason == "stop" else "max_tokens"

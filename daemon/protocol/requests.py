@@ -166,6 +166,27 @@ class CountTokensRequest(WireModel):
     def thinking_on(self) -> bool:
         return self.thinking is not None and self.thinking.on
 
+    @model_validator(mode="after")
+    def _tool_choice_fits(self) -> CountTokensRequest:
+        choice = self.tool_choice
+        if choice is None:
+            return self
+        names = [tool.name for tool in self.tools]
+        if choice.type == "tool":
+            if not choice.name:
+                raise ValueError("tool_choice.name: required when tool_choice.type is 'tool'")
+            if choice.name not in names:
+                declared = ", ".join(names) or "none"
+                raise ValueError(
+                    f"tool_choice.name: tool '{choice.name}' is not in tools (declared: {declared})"
+                )
+        if choice.type in ("any", "tool"):
+            if not names:
+                raise ValueError(f"tool_choice: type '{choice.type}' needs at least one tool in tools")
+            if self.thinking_on:
+                raise ValueError("thinking: may not be enabled when tool_choice forces tool use")
+        return self
+
 
 class MessagesRequest(CountTokensRequest):
     """The body of `POST /v1/messages`."""

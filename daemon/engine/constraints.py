@@ -1,0 +1,55 @@
+"""Logits processors that constrain what a model may generate: banned tokens, and a thinking budget that
+closes the reasoning section by forcing its end marker once the budget is spent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+
+
+def ban(tokens: tuple[int, ...]):
+    """Never generate these tokens (e.g. a tool-call marker under `tool_choice: none`)."""
+    banned = mx.array(list(tokens))
+
+    def processor(_context: Any, logits: mx.array) -> mx.array:
+        logits[..., banned] = -mx.inf
+        return logits
+
+    return processor
+
+
+class ThinkingBudget:
+    """Counts the tokens generated inside the reasoning section; at `budget`, forces the end marker's
+    tokens one by one, after which the model answers.
+
+    Called once per generated token with the context ending in the token just fed to the model.
+    """
+
+    def __init__(self, budget: int, start: tuple[int, ...], end: tuple[int, ...], thinking: bool):
+        self.budget = budget
+        self.start = start
+        self.end = end
+        self.thinking = thinking
+        self.spent = 0
+        self.forcing = 0  # how many end-marker tokens have been forced so far
+        self.first_call = True
+
+    def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
+        last = int(context[-1].item()) if context.size else None
+        if self.first_call:
+            self.first_call = False  # the token fed first is the prompt's last: nothing generated yet
+        elif last == self.start[-1]:
+            self.thinking, self.spent = True, 0
+        elif last == self.end[-1] and not self.forcing:
+            self.thinking = False
+        elif self.thinking:
+            self.spent += 1
+        if self.forcing >= len(self.end):
+            self.thinking, self.forcing = False, 0
+        if not self.thinking or self.spent < self.budget:
+            return logits
+        forced = mx.full(logits.shape, -mx.inf, dtype=logits.dtype)
+        forced[..., self.end[self.forcing]] = 0
+        self.forcing += 1
+        return forced
