@@ -47,6 +47,7 @@ class Example:
     response: str
     tools: tuple | None = None
     enable_thinking: bool = False
+    opening: str = ""  # text the server puts after the rendered prompt (a forced tool call's opening)
 
 
 class NotConvergedError(RuntimeError):
@@ -123,12 +124,13 @@ def train(model_dir: Path, examples: Sequence[Example]) -> int:
 
 def prompt_ids(tokenizer: Any, example: Example) -> list[int]:
     """The prompt tokens an example is trained on: its messages rendered by the model's chat template."""
-    return tokenizer.apply_chat_template(
+    rendered = tokenizer.apply_chat_template(
         list(example.messages),
         tools=list(example.tools) if example.tools is not None else None,
         add_generation_prompt=True,
         enable_thinking=example.enable_thinking,
     )
+    return list(rendered) + tokenizer.encode(example.opening, add_special_tokens=False)
 
 
 def target_ids(tokenizer: Any, example: Example) -> list[int]:

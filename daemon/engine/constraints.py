@@ -21,7 +21,7 @@ def ban(tokens: tuple[int, ...]):
 
 class ThinkingBudget:
     """Counts the tokens generated inside the reasoning section; at `budget`, forces the end marker's
-    tokens one by one, after which the model answers.
+    tokens one by one, after which the model answers and may not reopen its reasoning.
 
     Called once per generated token with the context ending in the token just fed to the model.
     """
@@ -32,24 +32,26 @@ class ThinkingBudget:
         self.end = end
         self.thinking = thinking
         self.spent = 0
-        self.forcing = 0  # how many end-marker tokens have been forced so far
+        self.forced = 0  # end-marker tokens forced so far
         self.first_call = True
 
     def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
-        last = int(context[-1].item()) if context.size else None
+        if self.forced == len(self.end):
+            # Spent: the reasoning is over for this response, markers included.
+            logits[..., mx.array([self.start[0], self.end[0]])] = -mx.inf
+            return logits
+        last = int(context[-1].item())
         if self.first_call:
             self.first_call = False  # the token fed first is the prompt's last: nothing generated yet
         elif last == self.start[-1]:
             self.thinking, self.spent = True, 0
-        elif last == self.end[-1] and not self.forcing:
+        elif last == self.end[-1]:
             self.thinking = False
         elif self.thinking:
             self.spent += 1
-        if self.forcing >= len(self.end):
-            self.thinking, self.forcing = False, 0
         if not self.thinking or self.spent < self.budget:
             return logits
         forced = mx.full(logits.shape, -mx.inf, dtype=logits.dtype)
-        forced[..., self.end[self.forcing]] = 0
-        self.forcing += 1
+        forced[..., self.end[self.forced]] = 0
+        self.forced += 1
         return forced

@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any
 
-from mlx_lm.generate import TextStateMachine, make_text_state_machine
+from mlx_lm.generate import TextStateMachine
 
 from daemon.engine.events import BlockDelta, BlockKind, BlockStart, BlockStop, GenerationEvent
 from daemon.engine.prompt import Prompt
@@ -67,8 +67,7 @@ class OutputDecoder:
             self._detokenizer.finalize()
             _ = self._detokenizer.last_segment
         self._format = prompt.tool_format
-        own = self._format is None or self._format.start == tokenizer.tool_call_start
-        machine = make_text_state_machine(tokenizer) if own else _machine_for(tokenizer, self._format)
+        machine = _machine_for(tokenizer, self._format)
         initial = "reasoning" if prompt.starts_in_thinking else "normal"
         if prompt.tool_opening is not None:
             initial = "tool"
@@ -182,15 +181,28 @@ class OutputDecoder:
         return events
 
 
-def _machine_for(tokenizer: Any, tool_format: ToolFormat) -> TextStateMachine:
-    """States for a call format that is not the tokenizer's own (mlxd's generic one), beside the model's
-    thinking markers."""
-    start = tool_format.start
-    transitions: dict[str, list[tuple[str, str]]] = {
-        "normal": [(start, "tool")],
-        "tool": [(tool_format.end, "normal")] if tool_format.end else [],
-    }
+def _machine_for(tokenizer: Any, tool_format: ToolFormat | None) -> TextStateMachine:
+    """The states of a response: text, reasoning, and calls in `tool_format` (none: call markup is plain
+    text). Built as mlx-lm's `make_text_state_machine` builds them, with two differences: the call format
+    may be one the tokenizer does not know (mlxd's generic one), and stray end markers in text are
+    dropped, so a model that closes what it never opened leaks no markup."""
+    transitions: dict[str, list[tuple[str, str]]] = {"normal": []}
+    strays = []
     if tokenizer.has_thinking:
         transitions["normal"].append((tokenizer.think_start, "reasoning"))
-        transitions["reasoning"] = [(tokenizer.think_end, "normal"), (start, "tool")]
+        transitions["reasoning"] = [(tokenizer.think_end, "normal")]
+        strays.append(tokenizer.think_end)
+    if tool_format is not None:
+        targets = {dst for edges in tokenizer.response_transitions.values() for _, dst in edges}
+        if "tool" not in targets:
+            transitions["normal"].append((tool_format.start, "tool"))
+        if tokenizer.has_thinking:
+            transitions["reasoning"].append((tool_format.start, "tool"))
+        transitions["tool"] = [(tool_format.end, "normal")] if tool_format.end else []
+        if tool_format.end:
+            strays.append(tool_format.end)
+    for marker in [*tokenizer.structural_markers, *strays]:
+        transitions["normal"].append((marker, "normal"))
+    for state, edges in tokenizer.response_transitions.items():
+        transitions.setdefault(state, []).extend(edges)
     return TextStateMachine(transitions)

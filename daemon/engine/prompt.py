@@ -145,13 +145,15 @@ def _with_tool_choice(tokenizer: Any, prompt: Prompt, choice: ToolChoice | None)
     if tool_format is None or choice is None or choice.type == "auto":
         return replace(prompt, single_call=bool(choice and choice.disable_parallel_tool_use))
     if choice.type == "none":
-        start = tokenizer.encode(tool_format.start, add_special_tokens=False)
-        if len(start) == 1:
-            return replace(prompt, tool_format=None, banned_tokens=tuple(start))
-        log.info(
-            "the tool-call marker %r is several tokens; tool_choice none cannot ban it", tool_format.start
-        )
-        return replace(prompt, tool_format=None)
+        markers = [
+            tokenizer.encode(m, add_special_tokens=False) for m in (tool_format.start, tool_format.end) if m
+        ]
+        banned = tuple(ids[0] for ids in markers if len(ids) == 1)
+        if len(banned) < len(markers):
+            log.info(
+                "tool_choice none: a call marker of %s is several tokens; it is not banned", tool_format.kind
+            )
+        return replace(prompt, tool_format=None, banned_tokens=banned)
     opening = tool_format.forced_prefix(choice.name if choice.type == "tool" else None)
     forced = tokenizer.encode(opening, add_special_tokens=False)
     return replace(
