@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import anthropic
 import pytest
 
 from tests.conftest import MODELS, RunningServer, run_server, server_env
-from tests.tool_examples import PARIS_ARGUMENTS, TOOL_EXAMPLES, WEATHER
-from tests.trained import trained_model
+from tests.tool_examples import GENERIC_CALL, PARIS_ARGUMENTS, PLAIN_TEMPLATE, TOOL_EXAMPLES, WEATHER
+from tests.trained import TRAINED_SHAPE, trained_model
 
 MODEL = "tools"
 GREEDY = {"temperature": 0}
@@ -209,3 +210,20 @@ def test_thinking_past_its_budget_is_closed_and_the_answer_follows(tiny_model: P
     assert [block.type for block in reply.content] == ["thinking", "text"]
     assert reply.stop_reason == "max_tokens" and reply.usage.output_tokens == 1100
     assert "<think>" not in reply.content[1].text and "</think>" not in reply.content[1].text
+
+
+def test_a_template_without_tools_still_gets_them_in_the_generic_form(tmp_path: Path) -> None:
+    shape = replace(TRAINED_SHAPE, chat_template=PLAIN_TEMPLATE)
+    model = trained_model((GENERIC_CALL,), shape=shape, cache_dir=MODELS)
+    with run_server(tmp_path, "--model", str(model), "--model-name", "plain") as server:
+        reply = server.client().messages.create(
+            model="plain",
+            max_tokens=100,
+            tools=[WEATHER],
+            messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
+            extra_body=GREEDY,
+        )
+    assert [(b.type, b.name, b.input) for b in reply.content] == [
+        ("tool_use", "get_weather", {"city": "Oslo"})
+    ]
+    assert reply.stop_reason == "tool_use"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from daemon.engine.tools import generic_instructions
 from tests.trained import Example
 
 WEATHER_SCHEMA = {
@@ -85,3 +86,17 @@ THINK = Example(
 )
 
 TOOL_EXAMPLES = (CALL_ONE, CALL_TWO, MALFORMED, ROUND_TRIP, DECLINE, FORCED_TOOL, FORCED_ANY, THINK)
+
+# A chat template that knows nothing of tools: the server describes them in mlxd's generic form.
+PLAIN_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{ '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- endfor %}{%- if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+GENERIC_CALL = Example(
+    messages=(
+        {"role": "system", "content": generic_instructions(list(TEMPLATE_TOOLS))},
+        {"role": "user", "content": "What is the weather in Oslo?"},
+    ),
+    response='<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
+)

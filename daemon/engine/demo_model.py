@@ -62,10 +62,12 @@ class ModelShape:
     vocab_size: int = 1024
     max_position_embeddings: int = 32768
     generation_config: dict = field(default_factory=dict)
+    chat_template: str | None = None  # a template of its own instead of mlxd's (for tests of others)
 
     def config(self, eos_token_id: int) -> dict:
         shape = asdict(self)
         shape.pop("generation_config")
+        shape.pop("chat_template")
         return {
             "model_type": "qwen3",
             "architectures": ["Qwen3ForCausalLM"],
@@ -95,7 +97,9 @@ def build_model(path: Path, shape: ModelShape = ModelShape(), seed: int = 0) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        eos_token_id, vocab_size = _write_tokenizer(staging, shape.vocab_size)
+        eos_token_id, vocab_size = _write_tokenizer(
+            staging, shape.vocab_size, shape.chat_template or chat_template()
+        )
         # The trainer may learn fewer tokens than asked; the model outputs exactly as many as exist.
         config = {**shape.config(eos_token_id), "vocab_size": vocab_size}
         (staging / "config.json").write_text(json.dumps(config, indent=2))
@@ -112,7 +116,7 @@ def build_model(path: Path, shape: ModelShape = ModelShape(), seed: int = 0) -> 
     return path
 
 
-def _write_tokenizer(folder: Path, vocab_size: int) -> tuple[int, int]:
+def _write_tokenizer(folder: Path, vocab_size: int, template: str) -> tuple[int, int]:
     """Train a byte-level BPE tokenizer on the corpus and save it; returns the EOS token id and the
     number of tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -134,7 +138,7 @@ def _write_tokenizer(folder: Path, vocab_size: int) -> tuple[int, int]:
         pad_token="<|endoftext|>",
         additional_special_tokens=SPECIAL_TOKENS[1:],
     )
-    wrapped.chat_template = chat_template()
+    wrapped.chat_template = template
     wrapped.save_pretrained(str(folder))
     return tokenizer.token_to_id("<|im_end|>"), len(wrapped)
 
