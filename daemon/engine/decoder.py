@@ -132,25 +132,25 @@ class OutputDecoder:
         return self._emit(kind, text)
 
     def _emit(self, kind: BlockKind, text: str) -> list[GenerationEvent]:
+        events: list[GenerationEvent] = []
         if self._open != kind:
             # A block starts at its first visible character: the blank lines templates put around
-            # reasoning are markup, not content.
+            # reasoning and calls are markup, not content.
             if kind == "thinking" or self._after_thinking:
                 text = text.lstrip()
             if not text:
                 return []
             self._after_thinking = kind == "thinking"
-            events: list[GenerationEvent] = [*self._close(), BlockStart(kind)]
-        else:
-            events = []
-        self._open = kind
+            events = [*self._close(), BlockStart(kind)]
+            self._open = kind
+            if not text.strip():
+                return [*events, BlockDelta(text)]  # an answer that starts blank starts blank
         # Trailing whitespace waits for more text: at a block's end (before a call, after reasoning) it
         # is the template's layout, not content.
         text = self._held_space + text
         body = text.rstrip()
         self._held_space = text[len(body) :]
-        text = body
-        return [*events, BlockDelta(text)] if text else events
+        return [*events, BlockDelta(body)] if body else events
 
     def _close(self) -> list[GenerationEvent]:
         if self._open is None:
