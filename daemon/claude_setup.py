@@ -13,6 +13,7 @@ from pathlib import Path
 
 from daemon.atomic_write import write_atomically
 from daemon.client import DaemonClient, DaemonUnreachable
+from daemon.engine.names import HAIKU_TIER_ID
 from daemon.settings import Settings
 
 # Claude Code needs some credential; with auth off the daemon accepts any, so this placeholder says why.
@@ -27,6 +28,7 @@ class ClaudeSetupError(Exception):
 class ServedModels:
     ids: list[str]
     context_lengths: dict[str, int]  # of the models that report one
+    small: str | None  # the model for Claude Code's background (haiku) tier, when one is set apart
     source: str  # where the ids came from, for the user
 
 
@@ -36,7 +38,9 @@ def served_models(settings: Settings, client: DaemonClient) -> ServedModels:
     try:
         listed = client.request("GET", "/v1/models?limit=1000")
     except DaemonUnreachable:
-        return ServedModels([settings.served_name], configured, "the config (mlxd is not running)")
+        return ServedModels(
+            [settings.served_name], configured, settings.small_model, "the config (mlxd is not running)"
+        )
     if listed.status != 200:
         raise ClaudeSetupError(
             f"mlxd at {client.url} refused to list its models: HTTP {listed.status} {listed.error_message()}"
@@ -47,7 +51,9 @@ def served_models(settings: Settings, client: DaemonClient) -> ServedModels:
     described = [*(health.json().get("models", []) if health.status == 200 else []), *entries]
     reported = {e["id"]: e["context_length"] for e in described if isinstance(e.get("context_length"), int)}
     ids = [entry["id"] for entry in entries]
-    return ServedModels(ids, {**configured, **reported}, f"the running daemon at {client.url}")
+    # The daemon lists Claude's tier ids with the model each means.
+    small = next((e.get("model") for e in entries if e["id"] == HAIKU_TIER_ID), None)
+    return ServedModels(ids, {**configured, **reported}, small, f"the running daemon at {client.url}")
 
 
 def claude_env(
@@ -56,7 +62,7 @@ def claude_env(
     if not models.ids and main_model is None:
         raise ClaudeSetupError(f"mlxd at {url} serves no model; pass --model")
     main = main_model or models.ids[0]
-    small = small_model or main
+    small = small_model or models.small or main
     env = {
         "ANTHROPIC_BASE_URL": url,
         "ANTHROPIC_AUTH_TOKEN": token or NO_AUTH_PLACEHOLDER,

@@ -14,10 +14,12 @@ from hypercorn.config import Config as HypercornConfig
 from quart import Quart, Response, g, request
 
 from daemon import __version__
-from daemon.api import errors, health, messages, metrics, models
+from daemon.api import admin, errors, health, messages, metrics, models
 from daemon.api.metrics import Metrics
 from daemon.auth import token_checker
-from daemon.engine.registry import EngineOptions, ModelRegistry
+from daemon.engine.memory import format_bytes
+from daemon.engine.names import NameRule
+from daemon.engine.registry import EngineOptions, ModelRegistry, ModelSpec
 from daemon.engine.runner import EngineLimits
 from daemon.settings import Settings, data_dir
 
@@ -58,18 +60,31 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         return response
 
     errors.register(app)
-    for module in (health, models, messages, metrics):
+    for module in (health, models, messages, metrics, admin):
         app.register_blueprint(module.blueprint)
     return app
 
 
 def load_registry(settings: Settings) -> ModelRegistry:
+    """The configured models (none loaded yet), or the demo model when none is configured."""
     from daemon.engine.demo_model import ensure_demo_model
     from daemon.settings import default_config_path
 
-    source = settings.model
-    if source is None:
-        source = str(ensure_demo_model(data_dir()))
+    specs = [
+        ModelSpec(
+            name=m.name,
+            source=m.source,
+            aliases=m.aliases,
+            context_length=m.context_length,
+            sampling=m.sampling,
+            pinned=m.pinned,
+            ttl=m.ttl,
+        )
+        for m in settings.served_models()
+    ]
+    if not specs:
+        demo = ensure_demo_model(data_dir())
+        specs = [ModelSpec(settings.served_name, str(demo), context_length=settings.context_length)]
         log.warning(DEMO_WARNING.format(config=default_config_path()))
     options = EngineOptions(
         limits=EngineLimits(settings.max_sequences, settings.max_queued, settings.prefill_step_size),
@@ -78,8 +93,14 @@ def load_registry(settings: Settings) -> ModelRegistry:
         saved_cache_bytes=settings.prompt_cache_save_bytes,
         strip_billing_header=settings.strip_billing_header,
     )
-    return ModelRegistry.load(
-        settings.served_name, source, context_length=settings.context_length, options=options
+    return ModelRegistry(
+        specs,
+        small=settings.small_model,
+        rules=[NameRule(rule.pattern, rule.model) for rule in settings.model_rules],
+        options=options,
+        default_ttl=settings.model_ttl,
+        memory_budget=settings.memory_budget,
+        keep_small_loaded=settings.keep_small_model_loaded,
     )
 
 
@@ -97,6 +118,7 @@ def run(settings: Settings) -> None:
     # grace period, which leaves a few seconds to send the final error events.
     config.graceful_timeout = settings.shutdown_grace + 5.0
     try:
+        registry.start()
         asyncio.run(_serve(app, config, settings, registry))
     finally:
         registry.close()
@@ -127,12 +149,13 @@ async def _serve(app: Quart, config: HypercornConfig, settings: Settings, regist
         ending.append(loop.create_task(_end_streams_after(settings.shutdown_grace, registry)))
 
     log.info(
-        "mlxd %s listening on http://%s:%d (auth %s; model %s)",
+        "mlxd %s listening on http://%s:%d (auth %s; models %s; memory budget %s)",
         __version__,
         settings.host,
         settings.port,
         "on" if settings.resolved_token() else "off",
-        settings.served_name,
+        ", ".join(served.name for served in registry),
+        format_bytes(registry.memory_budget) if registry.memory_budget else "unlimited",
     )
     await hypercorn_serve(app, config, shutdown_trigger=shutdown_trigger)
     log.info("mlxd stopped")

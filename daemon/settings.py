@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 APP = "mlxd"
 DEFAULT_PORT = 8484
@@ -26,6 +26,12 @@ def default_prompt_cache_bytes() -> int:
     return min(physical_memory() // 5, 16 * 2**30)
 
 
+def default_memory_budget(prompt_cache_bytes: int) -> int:
+    """Three quarters of physical memory (about what macOS lets the GPU keep wired), less what the prompt
+    cache may hold: the room for model weights."""
+    return max(physical_memory() * 3 // 4 - prompt_cache_bytes, physical_memory() // 4)
+
+
 def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
     return Path(environ.get("MLXD_CONFIG_DIR") or platformdirs.user_config_dir(APP))
 
@@ -36,6 +42,43 @@ def data_dir() -> Path:
 
 class SettingsError(Exception):
     """A setting that cannot be used, with a message that says which and why."""
+
+
+class ModelConfig(BaseModel):
+    """One `[[models]]` table: a model served by name, loaded on demand."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    source: str = Field(min_length=1)  # a local model folder or a Hugging Face repo id
+    aliases: tuple[str, ...] = ()
+    context_length: int | None = Field(None, gt=0)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    min_p: float | None = Field(None, ge=0, le=1)
+    pinned: bool = False  # loaded at start-up and never unloaded for idleness or room
+    ttl: float | None = Field(None, ge=0)  # seconds idle before unloading; None: `model_ttl`; 0: never
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        """The default sampling this config sets, over the model's own generation_config.json."""
+        values = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+
+class ModelRule(BaseModel):
+    """One `[[model_rules]]` table: requested names matching `pattern` (fnmatch, any case) go to `model`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pattern: str = Field(min_length=1)
+    model: str = Field(min_length=1)
 
 
 class Settings(BaseModel):
@@ -60,6 +103,56 @@ class Settings(BaseModel):
     prompt_cache_dir: Path | None = None
     prompt_cache_save_bytes: int = Field(4 * 2**30, ge=0)
     strip_billing_header: bool = True
+    models: tuple[ModelConfig, ...] = ()
+    model_rules: tuple[ModelRule, ...] = ()
+    small_model: str | None = None
+    keep_small_model_loaded: bool = False
+    model_ttl: float = Field(1800.0, ge=0)
+    memory_budget_bytes: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _models_are_consistent(self) -> Settings:
+        served = self.served_models()
+        known = _names_and_aliases(served)
+        if self.small_model is not None and self.small_model not in known:
+            raise ValueError(f"small_model {self.small_model!r} is not a configured model name or alias")
+        if self.keep_small_model_loaded and self.small_model is None:
+            raise ValueError("keep_small_model_loaded needs small_model: the model to keep loaded")
+        for rule in self.model_rules:
+            if rule.model not in known:
+                raise ValueError(
+                    f"model_rules: {rule.pattern!r} points to {rule.model!r}, "
+                    "not a configured model name or alias"
+                )
+        return self
+
+    def served_models(self) -> list[ModelConfig]:
+        """Every model to serve, the main one first: `model` (a configured name, or a source served as
+        `model_name`), else the first `[[models]]` table. Empty when nothing is configured."""
+        models = list(self.models)
+        if self.model is not None:
+            chosen = next((m for m in models if self.model == m.name or self.model in m.aliases), None)
+            if chosen is None:
+                chosen = ModelConfig(name=self.model_name or self.model, source=self.model)
+            elif self.model_name is not None:
+                raise ValueError(
+                    f"model_name applies to a model given by its source; {self.model!r} is a configured "
+                    "model: rename it in its [[models]] table"
+                )
+            else:
+                models.remove(chosen)
+            models.insert(0, chosen)
+        if models and self.context_length is not None and models[0].context_length is None:
+            models[0] = models[0].model_copy(update={"context_length": self.context_length})
+        _check_unique(models)
+        return models
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes of model weights that may be loaded at once; 0 means no limit."""
+        if self.memory_budget_bytes is not None:
+            return self.memory_budget_bytes
+        return default_memory_budget(self.prompt_cache_bytes)
 
     @property
     def saved_cache_dir(self) -> Path:
@@ -68,8 +161,10 @@ class Settings(BaseModel):
 
     @property
     def served_name(self) -> str:
-        """The id clients use for the model: `model_name`, else the source as given, else `demo`."""
-        return self.model_name or self.model or "demo"
+        """The main model's name: `model_name`, else `model` as given (or the configured model it names), else
+        the first `[[models]]` table's name, else `demo`."""
+        models = self.served_models()
+        return models[0].name if models else self.model_name or "demo"
 
     def resolved_token(self) -> str | None:
         """The token clients must present: `token`, else `token_file`, else the token `mlxd token` made
@@ -114,7 +209,7 @@ def load_settings(flags: Mapping[str, Any], environ: Mapping[str, str] = os.envi
     try:
         return Settings.model_validate({**from_file, **from_env, **given})
     except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        problems = "; ".join(_problem(e["loc"], e["msg"]) for e in error.errors())
         raise SettingsError(f"invalid settings: {problems}") from error
 
 
@@ -136,6 +231,24 @@ def _read_config(path: Path, required: bool = False) -> dict[str, Any]:
         return tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as error:
         raise SettingsError(f"cannot read config file {path}: {error}") from error
+
+
+def _problem(loc: tuple[Any, ...], message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    return f"{'.'.join(map(str, loc))}: {message}" if loc else message
+
+
+def _names_and_aliases(models: list[ModelConfig]) -> set[str]:
+    return {name for m in models for name in (m.name, *m.aliases)}
+
+
+def _check_unique(models: list[ModelConfig]) -> None:
+    seen: dict[str, str] = {}
+    for m in models:
+        for name in (m.name, *m.aliases):
+            if name in seen:
+                raise ValueError(f"models: {name!r} names both {seen[name]!r} and {m.name!r}")
+            seen[name] = m.name
 
 
 def _is_loopback(host: str) -> bool:

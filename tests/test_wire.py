@@ -204,13 +204,13 @@ def test_prompt_too_long_is_a_400_naming_both_numbers(http: httpx.Client) -> Non
 
 
 def test_unknown_model_is_a_404(http: httpx.Client) -> None:
-    response = http.post("/v1/messages", json=body(model="claude-nope"))
+    response = http.post("/v1/messages", json=body(model="gpt-nope"))  # any claude-* name is the main model
     assert response.status_code == 404
     assert response.json()["error"] == {
         "type": "not_found_error",
-        "message": f"model: claude-nope (available: {MODEL})",
+        "message": f"model: gpt-nope (available: {MODEL}; and names matching *haiku*, claude-*)",
     }
-    assert http.get("/v1/models/claude-nope").status_code == 404
+    assert http.get("/v1/models/gpt-nope").status_code == 404
 
 
 def test_unknown_path_and_wrong_method(http: httpx.Client) -> None:
@@ -231,11 +231,12 @@ def test_body_over_the_limit_is_a_413(http: httpx.Client) -> None:
 
 def test_models_list_and_lookup(http: httpx.Client) -> None:
     listing = http.get("/v1/models", params={"limit": 1000}).json()
-    assert [m["id"] for m in listing["data"]] == [MODEL]
-    assert listing["has_more"] is False and listing["first_id"] == listing["last_id"] == MODEL
+    ids = [MODEL, "claude-opus", "claude-sonnet", "claude-haiku"]  # Claude Code's tiers find the model
+    assert [m["id"] for m in listing["data"]] == ids
+    assert listing["has_more"] is False and listing["first_id"] == MODEL and listing["last_id"] == ids[-1]
     model = http.get(f"/v1/models/{MODEL}").json()
     assert model["type"] == "model" and model["display_name"] == MODEL and model["created_at"].endswith("Z")
-    assert http.get("/v1/models", params={"after_id": MODEL}).json()["data"] == []
+    assert http.get("/v1/models", params={"after_id": ids[-1]}).json()["data"] == []
     assert http.get("/v1/models", params={"limit": 0}).status_code == 400
 
 

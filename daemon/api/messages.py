@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from quart import Blueprint, Response, current_app, g, request
 
 from daemon.api.metrics import Metrics
+from daemon.api.models import served_model
 from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
 from daemon.engine.prompt import Prompt
-from daemon.engine.registry import ServedModel
 from daemon.engine.runner import GenerationJob, Overloaded
 from daemon.engine.sampling import resolve
 from daemon.protocol.errors import ApiError, from_validation_error, invalid_request
@@ -30,7 +30,7 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 @blueprint.route("/v1/messages/count_tokens", methods=["POST"])
 async def count_tokens() -> dict:
     body = await _parse(CountTokensRequest)
-    served = _model(body.model)
+    served = await served_model(body.model)
     prompt = await asyncio.to_thread(served.render, body)
     return {"input_tokens": len(prompt.tokens)}
 
@@ -38,7 +38,7 @@ async def count_tokens() -> dict:
 @blueprint.route("/v1/messages", methods=["POST"])
 async def create_message() -> Response | dict:
     body = await _parse(MessagesRequest)
-    served = _model(body.model)
+    served = await served_model(body.model, to_generate=True)
     prompt = await asyncio.to_thread(served.render, body)
     context = served.loaded.context_length
     if len(prompt.tokens) > context:
@@ -126,14 +126,6 @@ async def _parse(model: type[Body]) -> Body:
     if ignored := ignored_fields(body):
         log.debug("request %s: ignoring fields not implemented: %s", g.request_id, ", ".join(ignored))
     return body
-
-
-def _model(name: str) -> ServedModel:
-    served = current_app.config["MLXD_REGISTRY"].get(name)
-    if served is None:
-        available = ", ".join(s.name for s in current_app.config["MLXD_REGISTRY"])
-        raise ApiError(404, f"model: {name} (available: {available})", should_retry=False)
-    return served
 
 
 class _RequestLog:

@@ -1,14 +1,40 @@
-"""The models this daemon serves, by name, each with the engine thread that runs it."""
+"""The models this daemon serves, by name: resolving requested names, loading a model when it is first asked
+for, unloading it when it sits idle, and keeping the weights loaded at once within the memory budget.
+
+Each model's tokenizer is read once, on first need, and kept (it is small, and lets prompts be rendered and
+counted without the weights). Weights are loaded and unloaded on one loader thread, one model at a time,
+which is also where the budget makes room by unloading idle models, least recently used first.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from daemon.engine.model import LoadedModel, load_model
+from daemon.engine.memory import (
+    NoRoom,
+    Resident,
+    estimate_weight_bytes,
+    format_bytes,
+    plan_room,
+    weight_bytes,
+)
+from daemon.engine.model import (
+    PreparedModel,
+    load_weights,
+    local_path,
+    prepare_model,
+    resolve_path,
+    stated_context_length,
+)
+from daemon.engine.names import ModelNames, NameRule, tier_rules
+from daemon.engine.ondemand import OnDemandEngine
 from daemon.engine.prompt import Prompt, render
 from daemon.engine.prompt_cache import Persistence, PromptCache
 from daemon.engine.reuse import Part, request_parts
@@ -16,6 +42,25 @@ from daemon.engine.runner import Engine, EngineLimits
 from daemon.protocol.requests import CountTokensRequest
 
 log = logging.getLogger(__name__)
+
+REAP_INTERVAL = 1.0  # seconds between checks for idle models
+
+
+class ModelLoadError(Exception):
+    """A model that could not be loaded, with a message naming it, its source and the cause."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model as configured: its name, where it comes from, and how to serve it."""
+
+    name: str
+    source: str
+    aliases: tuple[str, ...] = ()
+    context_length: int | None = None
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+    pinned: bool = False
+    ttl: float | None = None  # None: the registry's default
 
 
 @dataclass(frozen=True)
@@ -27,16 +72,83 @@ class EngineOptions:
     strip_billing_header: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
+class ModelStatus:
+    """What `mlxd ps` shows of a model."""
+
+    name: str
+    aliases: tuple[str, ...]
+    source: str
+    state: str  # "loaded", "loading" or "unloaded"
+    pinned: bool
+    ttl: float  # 0: never unloaded for idleness
+    weight_bytes: int
+    cache_bytes: int
+    idle_seconds: float | None  # None while a request is in flight or when unloaded
+    active_sequences: int
+    queued: int
+    context_length: int | None
+    last_error: str | None
+
+
 class ServedModel:
-    loaded: LoadedModel
-    engine: Engine
-    strip_billing_header: bool = True
-    loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """One configured model: its settings, its tokenizer once prepared, and its engine, which runs while
+    the model is loaded."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        engine: OnDemandEngine,
+        prepare_pool: ThreadPoolExecutor,
+        strip_billing_header: bool = True,
+    ):
+        self.spec = spec
+        self.engine = engine
+        self.strip_billing_header = strip_billing_header
+        self._prepare_pool = prepare_pool
+        self._lock = threading.Lock()
+        self._preparing: Future[PreparedModel] | None = None
+        self._prepared: PreparedModel | None = None
+        self._context_length = spec.context_length
 
     @property
     def name(self) -> str:
-        return self.loaded.name
+        return self.spec.name
+
+    @property
+    def loaded(self) -> PreparedModel:
+        """The tokenizer and facts; there once `prepare()` has completed."""
+        if self._prepared is None:
+            raise RuntimeError(f"model {self.name} is not prepared yet")
+        return self._prepared
+
+    def prepare(self) -> Future[PreparedModel]:
+        """Read the tokenizer and config, once (concurrent callers share one read; a failed read is tried
+        again by the next caller)."""
+        with self._lock:
+            failed = self._preparing is not None and self._preparing.done() and self._preparing.exception()
+            if self._preparing is None or failed:
+                self._preparing = self._prepare_pool.submit(self._prepare)
+            return self._preparing
+
+    def _prepare(self) -> PreparedModel:
+        spec = self.spec
+        try:
+            prepared = prepare_model(
+                spec.name, spec.source, context_length=spec.context_length, sampling=dict(spec.sampling)
+            )
+        except Exception as error:  # whatever the files or the network did: reported, never fatal
+            raise ModelLoadError(f"model {spec.name} cannot be loaded from {spec.source}: {error}") from error
+        self._prepared = prepared
+        self._context_length = prepared.context_length
+        return prepared
+
+    def context_length(self) -> int | None:
+        """The context length, when known without loading: configured, prepared, or in the config of a
+        model already on this machine."""
+        if self._context_length is None and (path := local_path(self.spec.source)) is not None:
+            self._context_length = stated_context_length(path)
+        return self._context_length
 
     def render(self, request: CountTokensRequest) -> Prompt:
         return render(self.loaded.tokenizer, request, strip_billing_header=self.strip_billing_header)
@@ -46,29 +158,195 @@ class ServedModel:
 
 
 class ModelRegistry:
-    def __init__(self, models: list[ServedModel]):
-        self._models = {served.name: served for served in models}
+    """Every served model, the main one first; `small` is the model for Claude Code's background tier."""
 
-    @classmethod
-    def load(
-        cls, name: str, source: str, *, context_length: int | None, options: EngineOptions
-    ) -> ModelRegistry:
-        log.info("loading model %s from %s", name, source)
-        loaded = load_model(name, source, context_length)
-        persistence = None
-        if options.saved_cache_dir is not None and options.saved_cache_bytes > 0:
-            persistence = Persistence(options.saved_cache_dir / loaded.fingerprint, options.saved_cache_bytes)
-        cache = PromptCache(loaded.fingerprint, options.prompt_cache_bytes, persistence)
-        engine = Engine(loaded, cache, options.limits)
-        log.info("model %s ready: context %d tokens", name, loaded.context_length)
-        return cls([ServedModel(loaded, engine, options.strip_billing_header)])
+    def __init__(
+        self,
+        specs: Sequence[ModelSpec],
+        *,
+        small: str | None = None,
+        rules: Sequence[NameRule] = (),
+        options: EngineOptions | None = None,
+        default_ttl: float = 0.0,
+        memory_budget: int = 0,
+        keep_small_loaded: bool = False,
+    ):
+        if not specs:
+            raise ValueError("a registry needs at least one model")
+        self.options = options or EngineOptions()
+        self.default_ttl = default_ttl
+        self.memory_budget = memory_budget
+        self._prepare_pool = ThreadPoolExecutor(2, thread_name_prefix="model-prepare")
+        self._loader = ThreadPoolExecutor(1, thread_name_prefix="model-loader")
+        self._models = {spec.name: self._served(spec) for spec in specs}
+        aliases = {spec.name: spec.aliases for spec in specs}
+        small_name = ModelNames(aliases, []).canonical(small) if small else None
+        if small and small_name is None:
+            raise ValueError(f"small model {small!r} is not one of the models")
+        self.main = self._models[specs[0].name]
+        self.small = self._models[small_name] if small_name else None
+        self.names = ModelNames(aliases, [*rules, *tier_rules(self.main.name, small_name)])
+        self._kept = {self.main.name, self.small.name} if keep_small_loaded and self.small else set()
+        self._stopping = threading.Event()
+        self._reaper = threading.Thread(target=self._reap, name="model-reaper", daemon=True)
+        self._close_lock = threading.Lock()
 
-    def get(self, name: str) -> ServedModel | None:
-        return self._models.get(name)
+    def _served(self, spec: ModelSpec) -> ServedModel:
+        served: ServedModel
+
+        def start_load() -> Future[None]:
+            return self._loader.submit(self._load, served)
+
+        engine = OnDemandEngine(spec.name, self.options.limits, start_load)
+        served = ServedModel(spec, engine, self._prepare_pool, self.options.strip_billing_header)
+        return served
+
+    def start(self) -> None:
+        """Begin unloading idle models, and load the pinned ones."""
+        self._reaper.start()
+        for served in self:
+            if self.pinned(served):
+                served.engine.load()
+
+    def resolve(self, requested: str) -> ServedModel | None:
+        """The model a requested name means (exact name, alias, then pattern rules), or None."""
+        name = self.names.resolve(requested)
+        return self._models[name] if name is not None else None
 
     def __iter__(self) -> Iterator[ServedModel]:
         return iter(self._models.values())
 
+    def pinned(self, served: ServedModel) -> bool:
+        """Pinned models (and, with `keep_small_loaded`, the main and small ones) stay loaded."""
+        return served.spec.pinned or served.name in self._kept
+
+    def ttl(self, served: ServedModel) -> float:
+        """Seconds idle before the model is unloaded; 0 for never."""
+        if self.pinned(served):
+            return 0.0
+        return served.spec.ttl if served.spec.ttl is not None else self.default_ttl
+
+    def status(self, served: ServedModel) -> ModelStatus:
+        engine = served.engine
+        state = "loaded" if engine.resident else "loading" if engine.loading else "unloaded"
+        return ModelStatus(
+            name=served.name,
+            aliases=served.spec.aliases,
+            source=served.spec.source,
+            state=state,
+            pinned=self.pinned(served),
+            ttl=self.ttl(served),
+            weight_bytes=engine.weight_bytes,
+            cache_bytes=engine.cache.nbytes,
+            idle_seconds=engine.idle_seconds() if engine.resident else None,
+            active_sequences=engine.active_sequences,
+            queued=engine.queued,
+            context_length=served.context_length(),
+            last_error=engine.last_error,
+        )
+
+    def check_room(self, served: ServedModel) -> None:
+        """Raise `NoRoom` now, before a response begins, when the model cannot be loaded within the budget;
+        its size is estimated from its files (unknown sizes pass: the load checks again)."""
+        if served.engine.resident or self.memory_budget == 0:
+            return
+        size = estimate_weight_bytes(served.spec.source)
+        if size is not None:
+            plan_room(served.name, size, self.memory_budget, self._residents(served))
+
+    def unload(self, served: ServedModel) -> Future[int]:
+        """Unload the model unless a request is in flight; the future gives the bytes freed (0: it stays)."""
+        return self._loader.submit(served.engine.unload_if_idle)
+
     def close(self) -> None:
-        for served in self._models.values():
-            served.engine.close()
+        """Stop unloading and loading, and close every engine (requests in flight end with an overloaded
+        error). Safe to call from several threads; each returns once everything is stopped."""
+        with self._close_lock:
+            self._stopping.set()
+            if self._reaper.is_alive():
+                self._reaper.join()
+            for served in self:
+                served.engine.close()
+            # A load in progress completes, and finds its engine closed at once.
+            self._loader.shutdown(wait=True, cancel_futures=True)
+            self._prepare_pool.shutdown(wait=True, cancel_futures=True)
+
+    def _load(self, served: ServedModel) -> None:
+        """On the loader thread: fetch the weights if needed, make room, load, and start the engine."""
+        spec = served.spec
+        try:
+            prepared = served.prepare().result()
+            started = time.perf_counter()
+            log.info("loading model %s from %s", spec.name, spec.source)
+            path = resolve_path(spec.source)  # downloads the weights of a repo not in the cache yet
+            size = weight_bytes(path)
+            self._make_room(served, size)
+            loaded = load_weights(prepared, path)
+            engine = Engine(loaded, self._prompt_cache(loaded.fingerprint), self.options.limits)
+        except NoRoom as error:
+            log.warning("not loading model %s: %s", spec.name, error)
+            served.engine.fail(str(error), overloaded=error.retry)
+            raise
+        except ModelLoadError as error:
+            log.error("%s", error)
+            served.engine.fail(str(error), overloaded=False)
+            raise
+        except Exception as error:  # whatever the files or the network did: reported, never fatal
+            message = f"model {spec.name} failed to load from {spec.source}: {error}"
+            log.exception("%s", message)
+            served.engine.fail(message, overloaded=False)
+            raise ModelLoadError(message) from error
+        served.engine.attach(engine, size)
+        log.info(
+            "model %s ready: %s of weights, context %d tokens, loaded in %.1fs",
+            spec.name,
+            format_bytes(size),
+            prepared.context_length,
+            time.perf_counter() - started,
+        )
+
+    def _make_room(self, served: ServedModel, size: int) -> None:
+        while victims := plan_room(served.name, size, self.memory_budget, self._residents(served)):
+            victim = self._models[victims[0].name]
+            # A victim that became busy since the plan stays, and is no candidate in the next plan.
+            if freed := victim.engine.unload_if_idle():
+                log.info(
+                    "unloaded model %s (%s, least recently used) to make room for %s",
+                    victim.name,
+                    format_bytes(freed),
+                    served.name,
+                )
+
+    def _residents(self, loading: ServedModel) -> list[Resident]:
+        return [
+            Resident(s.name, s.engine.weight_bytes, self.pinned(s), s.engine.busy, s.engine.last_used)
+            for s in self
+            if s is not loading and s.engine.resident
+        ]
+
+    def _prompt_cache(self, fingerprint: str) -> PromptCache:
+        options = self.options
+        persistence = None
+        if options.saved_cache_dir is not None and options.saved_cache_bytes > 0:
+            persistence = Persistence(options.saved_cache_dir / fingerprint, options.saved_cache_bytes)
+        return PromptCache(fingerprint, options.prompt_cache_bytes, persistence)
+
+    def _reap(self) -> None:
+        """Schedule the unload of each model idle past its TTL (one at a time per model)."""
+        scheduled: dict[str, Future[int]] = {}
+        while not self._stopping.wait(REAP_INTERVAL):
+            for served in self:
+                ttl = self.ttl(served)
+                pending = scheduled.get(served.name)
+                if not ttl or not served.engine.resident or (pending is not None and not pending.done()):
+                    continue
+                idle = served.engine.idle_seconds()
+                if idle is not None and idle >= ttl:
+                    scheduled[served.name] = self._loader.submit(self._unload_idle, served, ttl)
+
+    @staticmethod
+    def _unload_idle(served: ServedModel, ttl: float) -> int:
+        freed = served.engine.unload_if_idle(idle_for=ttl)
+        if freed:
+            log.info("unloaded model %s after %.0fs idle: freed %s", served.name, ttl, format_bytes(freed))
+        return freed

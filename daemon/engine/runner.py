@@ -33,6 +33,13 @@ SHUTTING_DOWN = "the server is shutting down; retry shortly"
 class Overloaded(Exception):
     """The queue is full: the request is refused at once rather than left waiting."""
 
+    @classmethod
+    def queue_full(cls, pending: int, model: str, limits: EngineLimits) -> Overloaded:
+        return cls(
+            f"{pending} requests are running or queued for {model} "
+            f"(limit {limits.max_sequences} running + {limits.max_queued} queued)"
+        )
+
 
 @dataclass
 class GenerationJob:
@@ -103,10 +110,7 @@ class Engine:
             return
         with self._pending_lock:
             if self._pending >= self.limits.max_sequences + self.limits.max_queued:
-                raise Overloaded(
-                    f"{self._pending} requests are running or queued for {self.loaded.name} "
-                    f"(limit {self.limits.max_sequences} running + {self.limits.max_queued} queued)"
-                )
+                raise Overloaded.queue_full(self._pending, self.loaded.name, self.limits)
             self._pending += 1
         self._inbox.put((job, time.perf_counter()))
 

@@ -1,0 +1,68 @@
+"""The daemon's administration, behind the token like every route but health: what is loaded
+(`GET /v1/admin/ps`), and loading or unloading a model by name (`POST /v1/admin/models/{name}/load` and
+`/unload`). `mlxd ps` and `mlxd models load|unload` call these."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+
+from quart import Blueprint, current_app
+
+from daemon.api.models import not_found
+from daemon.engine.memory import NoRoom, active_memory
+from daemon.engine.registry import ModelLoadError, ModelRegistry, ServedModel
+from daemon.protocol.errors import ApiError
+
+blueprint = Blueprint("admin", __name__)
+
+
+@blueprint.route("/v1/admin/ps", methods=["GET"])
+async def ps() -> dict:
+    registry = _registry()
+    models = await asyncio.to_thread(lambda: [asdict(registry.status(served)) for served in registry])
+    return {
+        "models": models,
+        "memory_budget_bytes": registry.memory_budget,
+        "weight_bytes": sum(model["weight_bytes"] for model in models),
+        "active_memory_bytes": active_memory(),
+    }
+
+
+@blueprint.route("/v1/admin/models/<path:name>/load", methods=["POST"])
+async def load(name: str) -> dict:
+    """Load the model now (making room as a request would), and answer once it is ready."""
+    served = _resolve(name)
+    try:
+        await asyncio.wrap_future(served.engine.load())
+    except NoRoom as error:
+        raise ApiError(529, str(error), should_retry=error.retry) from None
+    except ModelLoadError as error:
+        raise ApiError(500, str(error), should_retry=False) from None
+    return {"model": await _status(served)}
+
+
+@blueprint.route("/v1/admin/models/<path:name>/unload", methods=["POST"])
+async def unload(name: str) -> dict:
+    """Unload the model now, unless a request is using it."""
+    served = _resolve(name)
+    freed = await asyncio.wrap_future(_registry().unload(served))
+    if served.engine.resident:
+        in_flight = served.engine.active_sequences + served.engine.queued
+        raise ApiError(409, f"model {served.name} is in use ({in_flight} requests); unload it when idle")
+    return {"model": await _status(served), "freed_bytes": freed}
+
+
+def _resolve(name: str) -> ServedModel:
+    served = _registry().resolve(name)
+    if served is None:
+        raise not_found(name)
+    return served
+
+
+async def _status(served: ServedModel) -> dict:
+    return asdict(await asyncio.to_thread(_registry().status, served))
+
+
+def _registry() -> ModelRegistry:
+    return current_app.config["MLXD_REGISTRY"]

@@ -1,0 +1,221 @@
+"""Models on this machine: MLX models in the Hugging Face cache, downloading one (`mlxd models pull`),
+deleting one (`mlxd models rm`), and describing one from its files (`mlxd models info`)."""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from daemon.engine.memory import format_bytes, weight_bytes
+from daemon.engine.model import WEIGHT_FILES, context_length_of, download_patterns, local_path
+from daemon.settings import Settings
+from daemon.text_table import table
+
+
+class ModelStoreError(Exception):
+    """A model that cannot be found, fetched or deleted, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class CachedModel:
+    repo_id: str
+    size_bytes: int  # on disk, every revision
+    last_modified: datetime
+    path: Path
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What `mlxd models info` tells of a model, read from its files without loading its weights."""
+
+    source: str
+    path: Path
+    architecture: str
+    quantization: str
+    context_length: int
+    weight_bytes: int
+    tool_parser: str | None  # the format mlx-lm parses tool calls in; None: no tool calling
+    thinking: tuple[str, str] | None  # the tokens around reasoning; None: no thinking
+    chat_template: bool
+
+    def lines(self) -> list[str]:
+        facts = [
+            ("model", self.source),
+            ("path", str(self.path)),
+            ("architecture", self.architecture),
+            ("quantization", self.quantization),
+            ("context", f"{self.context_length} tokens"),
+            ("size", format_bytes(self.weight_bytes)),
+            ("tool calls", f"yes ({self.tool_parser} format)" if self.tool_parser else "no"),
+            ("thinking", f"yes ({' … '.join(self.thinking)})" if self.thinking else "no"),
+            ("chat template", "yes" if self.chat_template else "no (prompts are plain transcripts)"),
+        ]
+        return [f"{label + ':':<15}{value}" for label, value in facts]
+
+
+def source_of(model: str, settings: Settings) -> str:
+    """A configured model's source when `model` is one of its names or aliases, else `model` itself."""
+    for configured in settings.served_models():
+        if model == configured.name or model in configured.aliases:
+            return configured.source
+    return model
+
+
+def inventory_lines(settings: Settings) -> list[str]:
+    """`mlxd models list`: the configured models (main first), then the MLX models in the cache."""
+    configured = settings.served_models()
+    small = settings.small_model
+    rows = []
+    for index, model in enumerate(configured):
+        path = local_path(model.source)
+        role = "main" if index == 0 else "small" if small in (model.name, *model.aliases) else ""
+        size = format_bytes(weight_bytes(path)) if path else "not downloaded"
+        rows.append([model.name, role, size, ", ".join(model.aliases), model.source])
+    if rows:
+        lines = ["Configured:", *table(["NAME", "ROLE", "SIZE", "ALIASES", "SOURCE"], rows)]
+    else:
+        lines = ['Configured: none (the daemon serves its demo model; see the README, "Models")']
+    lines += ["", f"In the Hugging Face cache ({cache_dir()}):"]
+    cached = cached_models()
+    if not cached:
+        return [*lines, "nothing yet; download with `mlxd models pull REPO`"]
+    names = {model.source: model.name for model in configured}
+    cached_rows = [
+        [
+            m.repo_id,
+            format_bytes(m.size_bytes),
+            m.last_modified.strftime("%Y-%m-%d"),
+            names.get(m.repo_id, ""),
+        ]
+        for m in cached
+    ]
+    return [*lines, *table(["REPO", "SIZE", "MODIFIED", "CONFIGURED AS"], cached_rows)]
+
+
+def cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_models() -> list[CachedModel]:
+    """Model repos in the Hugging Face cache that mlx-lm can load (a config and safetensors weights)."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir()
+    except CacheNotFound:
+        return []
+    found = []
+    for repo in info.repos:
+        names = {file.file_name for revision in repo.revisions for file in revision.files}
+        if repo.repo_type == "model" and "config.json" in names and fnmatch.filter(names, WEIGHT_FILES):
+            modified = datetime.fromtimestamp(repo.last_modified, UTC)
+            found.append(CachedModel(repo.repo_id, repo.size_on_disk, modified, repo.repo_path))
+    return sorted(found, key=lambda model: model.repo_id.lower())
+
+
+def pull(repo_id: str, revision: str | None = None) -> Path:
+    """Download the files mlx-lm uses from a repo into the Hugging Face cache, with progress bars on
+    standard error; files already there are kept, so an interrupted pull resumes where it stopped."""
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    again = "run the same command again to resume: files already downloaded are kept"
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=download_patterns()))
+    except GatedRepoError:
+        raise ModelStoreError(
+            f"{repo_id} is gated: accept its terms at {constants.ENDPOINT}/{repo_id}, then log in "
+            "(`hf auth login`) or set HF_TOKEN"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelStoreError(
+            f"{constants.ENDPOINT} has no model {repo_id} (or it is private: log in or set HF_TOKEN)"
+        ) from None
+    except RevisionNotFoundError:
+        raise ModelStoreError(f"{repo_id} has no revision {revision!r}") from None
+    except LocalEntryNotFoundError as error:  # the hub is out of reach and the cache lacks the files
+        if constants.is_offline_mode():
+            raise ModelStoreError(
+                f"offline (HF_HUB_OFFLINE is set) and {repo_id} is not in the cache ({cache_dir()}); "
+                "unset HF_HUB_OFFLINE to download it"
+            ) from None
+        cause = error.__cause__ or error
+        raise ModelStoreError(
+            f"cannot reach {constants.ENDPOINT} to download {repo_id} ({type(cause).__name__}: {cause}); "
+            f"check the network (or HF_ENDPOINT), then {again}"
+        ) from None
+    except Exception as error:  # a transfer that broke: the hub's HTTP client names it by its own classes
+        raise ModelStoreError(f"the download of {repo_id} stopped ({error!r}); {again}") from None
+
+
+def remove(repo_id: str) -> int:
+    """Delete every revision of a repo from the Hugging Face cache; returns the bytes freed."""
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    missing = ModelStoreError(
+        f"{repo_id} is not in the Hugging Face cache ({cache_dir()}); see `mlxd models list`"
+    )
+    try:
+        info = scan_cache_dir()
+    except CacheNotFound:
+        raise missing from None
+    repo = next((r for r in info.repos if r.repo_id == repo_id and r.repo_type == "model"), None)
+    if repo is None:
+        raise missing
+    strategy = info.delete_revisions(*(revision.commit_hash for revision in repo.revisions))
+    strategy.execute()
+    return strategy.expected_freed_size
+
+
+def describe(source: str) -> ModelFacts:
+    """A model's facts from its config and tokenizer (the weights stay on disk)."""
+    from mlx_lm.utils import load_config, load_tokenizer
+
+    path = local_path(source)
+    if path is None:
+        raise ModelStoreError(
+            f"{source} is neither a folder nor a model in the Hugging Face cache; download it with "
+            f"`mlxd models pull {source}`"
+        )
+    try:
+        config = load_config(path)
+        tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
+    except (OSError, ValueError) as error:
+        raise ModelStoreError(f"cannot read the model at {path}: {error}") from None
+    parser = tokenizer.tool_parser
+    return ModelFacts(
+        source=source,
+        path=path,
+        architecture=", ".join([config.get("model_type", "unknown"), *(config.get("architectures") or [])]),
+        quantization=_quantization(config),
+        context_length=context_length_of(config),
+        weight_bytes=weight_bytes(path),
+        tool_parser=parser.__module__.rsplit(".", 1)[-1] if tokenizer.has_tool_calling and parser else None,
+        thinking=(tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None,
+        chat_template=bool(tokenizer.has_chat_template),
+    )
+
+
+def _quantization(config: dict) -> str:
+    quantization = config.get("quantization") or config.get("quantization_config")
+    if not quantization:
+        return f"none ({config.get('torch_dtype') or config.get('dtype') or 'unknown dtype'})"
+    bits, group = quantization.get("bits"), quantization.get("group_size")
+    mode = quantization.get("mode") or quantization.get("quant_method")
+    described = ", ".join(
+        part
+        for part in (f"{bits}-bit" if bits else "", f"group size {group}" if group else "", mode or "")
+        if part
+    )
+    return described or str(quantization)
