@@ -110,7 +110,8 @@ class PromptCache:
             save_prompt_cache(str(folder / f"prefix-{saved}.safetensors"), cache, metadata)
             budget -= size
             saved += 1
-        log.info("saved %d prompt cache prefixes for warm restart in %s", saved, folder)
+        if saved:
+            log.info("saved %d prompt cache prefixes for warm restart in %s", saved, folder)
         return saved
 
     def restore(self) -> int:
