@@ -183,6 +183,51 @@ def test_unparseable_tool_call_is_returned_as_text(tokenizer) -> None:
     assert blocks(decode(tokenizer, text)) == [("text", "<tool_call>not json</tool_call>")]
 
 
+def test_call_arguments_stream_one_by_one_as_their_values_complete(tokenizer) -> None:
+    decoder = OutputDecoder(tokenizer, prompt(tool_format=model_format(tokenizer)), [])
+    pieces = ["Sure.<tool_call>\n", '{"name": "Read", "arguments": {"path": "/a"', ", ", '"n": "1', '2", ']
+    pieces += ['"opts": {"deep": [1, 2]}', "}}\n</tool_call>"]
+    seen = [decoder.feed_text(piece) for piece in pieces] + [decoder.finish()]
+    assert seen[1] == []  # a value is complete only once the `,` or `}` after it has come
+    assert seen[2] == [BlockStop(), BlockStart("tool_use", "Read"), BlockDelta('{"path": "/a"')]
+    assert seen[3:5] == [[], [BlockDelta(', "n": 12')]]  # whole, and coerced to the schema's integer
+    assert seen[5:] == [[], [BlockDelta(', "opts": {"deep": [1, 2]}'), BlockDelta("}"), BlockStop()], []]
+    assert decoder.tool_calls == 1 and decoder.parse_failures == 0
+
+
+def test_qwen3_coder_parameters_stream_one_by_one(tokenizer) -> None:
+    tool_format, _ = FAMILIES["qwen3_coder"]
+    decoder = OutputDecoder(tokenizer, prompt(tool_format=tool_format), [])
+    pieces = ["<tool_call>\n<function=Read>\n<parameter=path>\n/a\n</param", "eter>\n<parameter=n>\n"]
+    pieces += ["12\n</parameter>\n", "</function>\n</tool_call>"]
+    seen = [decoder.feed_text(piece) for piece in pieces] + [decoder.finish()]
+    assert seen[0] == []
+    assert seen[1] == [BlockStart("tool_use", "Read"), BlockDelta('{"path": "/a"')]
+    assert seen[2:] == [[BlockDelta(', "n": 12')], [BlockDelta("}"), BlockStop()], []]
+
+
+def test_a_call_cut_short_keeps_its_whole_arguments_and_returns_the_rest_as_text(tokenizer) -> None:
+    text = '<tool_call>\n{"name": "Read", "arguments": {"path": "/a", "opts": {"deep": tru'
+    decoder = OutputDecoder(tokenizer, prompt(tool_format=model_format(tokenizer)), [])
+    events = decoder.feed_text(text) + decoder.finish()  # generation ended mid-call (max_tokens)
+    assert blocks(events) == [("Read", '{"path": "/a"}'), ("text", '"opts": {"deep": tru')]
+    assert decoder.tool_calls == 1 and decoder.parse_failures == 1
+
+
+def test_a_call_without_arguments_streams_an_empty_object(tokenizer) -> None:
+    text = '<tool_call>\n{"name": "Read", "arguments": {}}\n</tool_call>'
+    assert blocks(decode(tokenizer, text)) == [("Read", "{}")]
+    assert blocks(decode_chunks(tokenizer, list(text), tool_format=model_format(tokenizer))) == [
+        ("Read", "{}")
+    ]
+
+
+def test_a_call_in_another_key_order_is_parsed_whole_at_its_end(tokenizer) -> None:
+    text = '<tool_call>\n{"arguments": {"path": "/a"}, "name": "Read"}\n</tool_call>'
+    events = decode_chunks(tokenizer, list(text), tool_format=model_format(tokenizer))
+    assert blocks(events) == [("Read", '{"path": "/a"}')]
+
+
 def test_stop_sequence_ends_text_mid_token(tokenizer) -> None:
     events = decode(tokenizer, "alpha beta gamma", stops=["ta g"])
     assert blocks(events) == [("text", "alpha be")]

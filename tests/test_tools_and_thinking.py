@@ -60,12 +60,19 @@ def test_text_then_a_call_with_coerced_and_nested_arguments(server: RunningServe
     if stream:
         starts = [e for e in message["events"] if e["type"] == "content_block_start"]
         assert starts[1]["content_block"]["input"] == {}
-        partial = "".join(
+        pieces = [
             e["delta"]["partial_json"]
             for e in message["events"]
             if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta"
-        )
-        assert json.loads(partial) == PARIS_ARGUMENTS
+        ]
+        # One delta per argument as soon as its value is complete, each value whole, then the closing brace.
+        assert pieces == [
+            '{"city": "Paris"',
+            ', "days": 3',
+            ', "options": {"units": "metric", "hours": [6, 12]}',
+            "}",
+        ]
+        assert json.loads("".join(pieces)) == PARIS_ARGUMENTS
 
 
 @pytest.mark.parametrize("stream", [False, True])

@@ -12,9 +12,10 @@ from typing import Any
 
 from mlx_lm.generate import TextStateMachine
 
+from daemon.engine.call_stream import CallReader, reader_for
 from daemon.engine.events import BlockDelta, BlockKind, BlockStart, BlockStop, GenerationEvent
 from daemon.engine.prompt import Prompt
-from daemon.engine.tools import GENERIC_START, ToolFormat
+from daemon.engine.tools import GENERIC_START, ToolFormat, coerce_argument
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,8 @@ class OutputDecoder:
         self._tools = prompt.tools
         self._single_call = prompt.single_call
         self._tool_text: list[str] = [prompt.tool_opening or ""]
+        self._reader = self._new_reader(prompt.tool_opening or "")
+        self._arguments_sent = 0  # of the open tool_use block
         self._open: BlockKind | None = None
         self._after_thinking = False  # the next text block follows a thinking block: trim its leading blank
         self._held_space = ""  # the open block's trailing whitespace, kept back until more text comes
@@ -121,7 +124,8 @@ class OutputDecoder:
         """One stretch of text in one state; `final` when the state ended right after it."""
         if state == "tool":
             self._tool_text.append(text)
-            return self._tool_call() if final else []
+            events = self._stream_arguments(text)
+            return events + self._tool_call() if final else events
         kind = _KIND_OF_STATE.get(state, "text")
         if kind == "thinking" and not self._show_thinking:
             log.debug("dropping reasoning the request did not ask for: %r", text)
@@ -155,12 +159,47 @@ class OutputDecoder:
     def _close(self) -> list[GenerationEvent]:
         if self._open is None:
             return []
+        events: list[GenerationEvent] = []
+        if self._open == "tool_use":  # the streamed arguments object ends
+            events.append(BlockDelta("}" if self._arguments_sent else "{}"))
         self._open = None
         self._held_space = ""
-        return [BlockStop()]
+        return [*events, BlockStop()]
+
+    def _new_reader(self, opening: str = "") -> CallReader | None:
+        if self._format is None:
+            return None
+        reader = reader_for(self._format.kind, self._format.parse, self._tools)
+        if reader is not None:
+            reader.push(opening)
+        return reader
+
+    def _stream_arguments(self, text: str) -> list[GenerationEvent]:
+        """A call's block opens once its name and first argument are known (so text that merely
+        looks like a call never opens one), then each argument follows as soon as its value is complete."""
+        reader = self._reader
+        if reader is None:
+            return []
+        arguments = reader.push(text)
+        events: list[GenerationEvent] = []
+        if self._open != "tool_use":
+            if reader.name is None or not (arguments or reader.closed):
+                return []
+            events = [*self._close(), BlockStart("tool_use", reader.name)]
+            self._open = "tool_use"
+            self._arguments_sent = 0
+        for key, value in arguments:
+            value = coerce_argument(self._tools, reader.name, key, value)
+            separator = ", " if self._arguments_sent else "{"
+            events.append(BlockDelta(f"{separator}{json.dumps(key)}: {json.dumps(value)}"))
+            self._arguments_sent += 1
+        return events
 
     def _tool_call(self) -> list[GenerationEvent]:
         text, self._tool_text = "".join(self._tool_text), []
+        reader, self._reader = self._reader, self._new_reader()
+        if self._open == "tool_use":
+            return self._end_streamed_call(reader)
         markup = (
             f"{self._tokenizer.tool_call_start or GENERIC_START}{text}{self._tokenizer.tool_call_end or ''}"
         )
@@ -178,6 +217,22 @@ class OutputDecoder:
             self.tool_calls += 1
         self._after_thinking = True  # text after a call starts at its first visible character too
         self.done = self._single_call
+        return events
+
+    def _end_streamed_call(self, reader: CallReader) -> list[GenerationEvent]:
+        """Close a call whose arguments were streamed. One cut short or malformed after its first argument
+        keeps the arguments already sent (each whole); the text that could not be read follows as text."""
+        events = self._close()
+        self.tool_calls += 1
+        self._after_thinking = True
+        self.done = self._single_call
+        if not reader.closed:
+            log.warning(
+                "tool call %s ended before its arguments did; returning the unread rest as text", reader.name
+            )
+            self.parse_failures += 1
+            events += self._emit("text", reader.rest)
+            events += self._close()
         return events
 
 

@@ -73,6 +73,11 @@ def schema_of(tools: list[dict[str, Any]], name: str) -> dict[str, Any]:
     return {}
 
 
+def coerce_argument(tools: list[dict[str, Any]], name: str, key: str, value: Any) -> Any:
+    """One argument of a call to `name`, coerced as `coerce` does it within the whole arguments object."""
+    return coerce({key: value}, schema_of(tools, name))[key]
+
+
 def coerce(value: Any, schema: dict[str, Any]) -> Any:
     """The value with what the model wrote as text turned into the schema's type where that is
     unambiguous ("5" for an integer, "true" for a boolean, a JSON string for an object); anything else
