@@ -46,10 +46,7 @@ def served_models(settings: Settings, client: DaemonClient) -> ServedModels:
             f"mlxd at {client.url} refused to list its models: HTTP {listed.status} {listed.error_message()}"
         )
     entries = listed.json()["data"]
-    health = client.request("GET", "/health", authorized=False)
-    # The daemon does not report context lengths yet; use them as soon as either list carries them.
-    described = [*(health.json().get("models", []) if health.status == 200 else []), *entries]
-    reported = {e["id"]: e["context_length"] for e in described if isinstance(e.get("context_length"), int)}
+    reported = {e["id"]: e["context_length"] for e in entries if isinstance(e.get("context_length"), int)}
     ids = [entry["id"] for entry in entries]
     # The daemon lists Claude's tier ids with the model each means.
     small = next((e.get("model") for e in entries if e["id"] == HAIKU_TIER_ID), None)
