@@ -96,7 +96,9 @@ async def _sse(
     yield encode_sse(stream.message_start(_usage_at_start(prompt)))
     while True:
         try:
-            event = await asyncio.wait_for(events.get(), timeout=interval)
+            # Per token: `asyncio.timeout` waits in this task, where `wait_for` (3.11) makes a task per call.
+            async with asyncio.timeout(interval):
+                event = await events.get()
         except TimeoutError:
             yield PING
             continue
