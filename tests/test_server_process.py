@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from daemon.engine.demo_model import ModelShape, build_model
-from tests.conftest import MLXD, run_server, server_env
+from tests.conftest import MLXD, RunningServer, run_server, server_env
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -57,6 +57,17 @@ def test_help_is_complete(command: list[str]) -> None:
         assert "serve" in result.stdout
 
 
+def sigterm_mid_stream(server: RunningServer, request: dict) -> list[str]:
+    """SIGTERM once the stream has begun: the rest of the stream, and the server's exit status checked."""
+    with server.http() as http, http.stream("POST", "/v1/messages", json=request) as response:
+        lines = response.iter_lines()
+        next(line for line in lines if line == "event: message_start")
+        server.process.send_signal(signal.SIGTERM)
+        rest = list(lines)
+    assert server.process.wait(timeout=60) == 0, server.log()
+    return rest
+
+
 def test_stream_past_the_shutdown_grace_ends_with_an_error_event(tiny_model: Path, tmp_path: Path) -> None:
     env = server_env(tmp_path, MLXD_SHUTDOWN_GRACE="0.5")
     with run_server(tmp_path, "--model", str(tiny_model), "--model-name", "tiny", env=env) as server:
@@ -66,12 +77,7 @@ def test_stream_past_the_shutdown_grace_ends_with_an_error_event(tiny_model: Pat
             "stream": True,
             "messages": [{"role": "user", "content": "hi"}],
         }
-        with server.http() as http, http.stream("POST", "/v1/messages", json=request) as response:
-            lines = response.iter_lines()
-            next(line for line in lines if line == "event: message_start")
-            server.process.send_signal(signal.SIGTERM)
-            rest = list(lines)
-        assert server.process.wait(timeout=60) == 0, server.log()
+        rest = sigterm_mid_stream(server, request)
     assert "event: error" in rest
     error = json.loads(rest[rest.index("event: error") + 1].removeprefix("data: "))
     assert error["error"]["type"] == "overloaded_error"
@@ -88,12 +94,7 @@ def test_stream_within_the_shutdown_grace_finishes(tiny_model: Path, tmp_path: P
         "messages": [{"role": "user", "content": "hi"}],
     }
     with run_server(tmp_path, "--model", str(tiny_model), "--model-name", "tiny", env=env) as server:
-        with server.http() as http, http.stream("POST", "/v1/messages", json=request) as response:
-            lines = response.iter_lines()
-            next(line for line in lines if line == "event: message_start")
-            server.process.send_signal(signal.SIGTERM)
-            rest = list(lines)
-        assert server.process.wait(timeout=60) == 0, server.log()
+        rest = sigterm_mid_stream(server, request)
     assert "event: message_stop" in rest and "event: error" not in rest
     delta = json.loads(rest[rest.index("event: message_delta") + 1].removeprefix("data: "))
     assert delta["usage"]["output_tokens"] == 300
