@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,13 +96,18 @@ def server_env(home: Path, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def run_server(
-    home: Path, *args: str, token: str | None = None, env: dict | None = None
+    home: Path,
+    *args: str,
+    token: str | None = None,
+    env: dict | None = None,
+    launcher: Sequence[str] = (str(MLXD),),
 ) -> Iterator[RunningServer]:
-    """`mlxd serve` on a free loopback port, until the block ends; fails with its log if it dies."""
+    """`mlxd serve` (or `launcher serve`) on a free loopback port, until the block ends; fails with its log
+    if it dies."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     log_path = home / f"server-{port}.log"
-    command = [str(MLXD), "serve", "--port", str(port), *args]
+    command = [*launcher, "serve", "--port", str(port), *args]
     if token:
         command += ["--token", token]
     with log_path.open("w") as log_file:

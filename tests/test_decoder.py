@@ -3,6 +3,7 @@ markup turned into blocks and never passed through as text."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from mlx_lm.tool_parsers import mistral, qwen3_coder
 from daemon.engine.decoder import OutputDecoder, StopMatcher
 from daemon.engine.events import BlockDelta, BlockStart, BlockStop
 from daemon.engine.prompt import Prompt
-from daemon.engine.tools import GENERIC_FORMAT, ToolFormat, model_format
+from daemon.engine.tools import GENERIC_FORMAT, GENERIC_START, ToolFormat, model_format
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +232,9 @@ def test_a_call_in_another_key_order_is_parsed_whole_at_its_end(tokenizer) -> No
 def test_stop_sequence_ends_text_mid_token(tokenizer) -> None:
     events = decode(tokenizer, "alpha beta gamma", stops=["ta g"])
     assert blocks(events) == [("text", "alpha be")]
+
+
+def test_a_forced_call_names_its_tool_as_an_escaped_json_string() -> None:
+    name = 'we"ird\\name'
+    opening = GENERIC_FORMAT.forced_prefix(name).removeprefix(GENERIC_START)
+    assert json.loads(opening + "{}}") == {"name": name, "arguments": {}}

@@ -86,6 +86,18 @@ def test_two_parallel_calls_are_two_blocks(server: RunningServer, stream: bool) 
     assert message["stop_reason"] == "tool_use"
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_closing_on_the_last_allowed_token_is_a_call(server: RunningServer, stream: bool) -> None:
+    one_call = {"tools": [WEATHER], "tool_choice": {"type": "auto", "disable_parallel_tool_use": True}}
+    whole = create(server, "What is the weather in Paris?", stream=False, **one_call)
+    exact = whole["usage"]["output_tokens"]  # the call's closing marker is the last token of these
+    message = create(server, "What is the weather in Paris?", stream=stream, max_tokens=exact, **one_call)
+    assert [block["type"] for block in message["content"]] == ["text", "tool_use"]
+    assert message["content"][1]["input"] == PARIS_ARGUMENTS
+    assert message["stop_reason"] == "tool_use"
+    assert message["usage"]["output_tokens"] == exact
+
+
 def test_disable_parallel_tool_use_stops_after_the_first_call(server: RunningServer) -> None:
     choice = {"type": "auto", "disable_parallel_tool_use": True}
     message = create(

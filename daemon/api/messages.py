@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("messages", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Events a stream may hold undelivered (about one per token) before its client counts as not reading.
+STREAM_BUFFER_EVENTS = 4096
 
 
 @blueprint.route("/v1/messages/count_tokens", methods=["POST"])
@@ -44,8 +46,7 @@ async def create_message() -> Response | dict:
     if len(prompt.tokens) > context:
         raise invalid_request(f"prompt is too long: {len(prompt.tokens)} tokens > {context} maximum")
 
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+    events = EngineEvents(asyncio.get_running_loop())
     job = GenerationJob(
         prompt=prompt,
         max_tokens=min(body.max_tokens, context - len(prompt.tokens)),
@@ -54,10 +55,11 @@ async def create_message() -> Response | dict:
             served.loaded.sampling_defaults,
         ),
         stop_sequences=body.stop_sequences,
-        emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+        emit=events.emit,
         label=g.request_id,
         parts=served.parts(body),
     )
+    events.job = job
     omit = body.thinking is not None and body.thinking.display == "omitted"
     stream = MessageStream(body.model, omit_thinking=omit)
     try:
@@ -85,14 +87,48 @@ async def create_message() -> Response | dict:
             return assemble(frames)
 
 
+class EngineEvents:
+    """A request's events, from the engine thread to the task that answers it. At most `limit` wait
+    undelivered: past that the client has stopped reading its stream, so the generation is cancelled (its
+    sequence freed) and the stream ends with an error whenever the client reads again."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = STREAM_BUFFER_EVENTS):
+        self.job: GenerationJob | None = None
+        self._loop = loop
+        self._queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        self._limit = limit
+        # Each counter has one writer (sent: the engine thread; taken: the event loop), so no lock.
+        self._sent = 0
+        self._taken = 0
+        self._cut = False
+
+    def emit(self, event: GenerationEvent) -> None:
+        """On the engine thread."""
+        if self._cut:
+            return
+        if self._sent - self._taken >= self._limit:
+            self._cut = True
+            if self.job is not None:
+                self.job.cancel()
+            event = Failed(f"stream cut: the client left {self._limit} events unread", overloaded=False)
+        self._sent += 1
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def get(self) -> GenerationEvent:
+        event = await self._queue.get()
+        self._taken += 1
+        return event
+
+
 async def _sse(
     stream: MessageStream,
     prompt: Prompt,
-    events: asyncio.Queue[GenerationEvent],
+    events: EngineEvents,
     interval: float,
     record: _RequestLog,
 ) -> AsyncIterator[bytes]:
-    """The SSE body: `message_start` at once, then the generation's events, with pings in any silence."""
+    """The SSE body: `message_start` at once, then the generation's events, with pings in any silence.
+    Whatever fails in here, the stream ends with an `error` event, never a cut connection."""
     yield encode_sse(stream.message_start(_usage_at_start(prompt)))
     while True:
         try:
@@ -102,8 +138,15 @@ async def _sse(
         except TimeoutError:
             yield PING
             continue
-        for frame in stream.events(event):
-            yield encode_sse(frame)
+        try:
+            frames = b"".join(encode_sse(frame) for frame in stream.events(event))
+        except Exception:
+            log.exception("%s: could not encode a stream event", record.request_id)
+            failed = Failed("the response could not be encoded; see the server log")
+            record.failed(failed)
+            yield encode_sse(stream.events(failed)[0])
+            return
+        yield frames
         if isinstance(event, Finished):
             record.finished(event)
             return

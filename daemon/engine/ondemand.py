@@ -8,6 +8,7 @@ also the only thread that unloads, so a load and an unload of one model never ov
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from daemon.engine.events import Failed
 from daemon.engine.memory import release_memory
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.runner import SHUTTING_DOWN, Engine, EngineLimits, GenerationJob, Overloaded
+
+log = logging.getLogger(__name__)
 
 _NO_CACHE = PromptCache("", 0)  # what an unloaded model holds
 
@@ -71,6 +74,10 @@ class OnDemandEngine:
         full."""
         with self._lock:
             self.last_used = time.monotonic()
+            if self._engine is not None and not self._engine.alive:
+                # Its thread stopped after an internal error (and ended its jobs): load the model afresh.
+                log.warning("model %s: its engine stopped; loading it again", self.name)
+                self._engine, self.weight_bytes = None, 0
             if self._engine is not None:
                 self._engine.submit(job)
                 return

@@ -3,6 +3,8 @@ prefix reuse through the prompt cache.
 
 Jobs arrive from any thread through `submit`; their events leave through each job's `emit` callback,
 called on the engine thread. A job is cancelled by setting its flag; the engine drops it at the next step.
+Every accepted job ends with exactly one terminal event (or none once cancelled), whatever raises: a fault
+in one request's own parts (its decoder, sampler, constraints) ends that request alone.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from daemon.engine.constraints import ThinkingBudget, ban
 from daemon.engine.decoder import OutputDecoder
 from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
+from daemon.engine.guards import guard_processor, guard_sampler, reset_random_state
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt import Prompt
 from daemon.engine.prompt_cache import PromptCache
@@ -27,7 +30,11 @@ from daemon.engine.sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 _STOP = object()
+_ENDED = object()
 SHUTTING_DOWN = "the server is shutting down; retry shortly"
+ENGINE_STOPPED = "the model's engine stopped after an internal error; retry to load it again"
+STEP_FAILED = "generation failed inside the engine; see the server log"
+REQUEST_FAILED = "generation of this request failed inside the engine; see the server log"
 
 
 class Overloaded(Exception):
@@ -41,7 +48,7 @@ class Overloaded(Exception):
         )
 
 
-@dataclass
+@dataclass(eq=False)
 class GenerationJob:
     prompt: Prompt
     max_tokens: int
@@ -66,6 +73,11 @@ class _Running:
     segments_left: int  # segment boundaries still to reach, each storing its prefix in the cache
     first_token: float | None = None
     output_tokens: int = 0
+    fault: BaseException | None = None  # raised by this request's own sampler or logits processors
+
+    def fault_in(self, error: BaseException) -> None:
+        if self.fault is None:
+            self.fault = error
 
     @property
     def prewarm(self) -> bool:
@@ -87,81 +99,90 @@ class Engine:
         self.limits = limits or EngineLimits()
         self._inbox: queue.Queue = queue.Queue()
         self._running: dict[int, _Running] = {}
-        self._pending = 0  # submitted and not yet finished, queued ones included
-        self._pending_lock = threading.Lock()
+        # Every job accepted and not yet ended, queued ones included: each leaves it only through `_end`,
+        # which sends its one terminal event, and whatever is left when the thread stops ends there too.
+        self._jobs: dict[GenerationJob, None] = {}
+        self._jobs_lock = threading.Lock()
         self._closed = False
         self._close_lock = threading.Lock()
         self._reuse = ReuseMonitor()
+        self._vocab_size = getattr(getattr(loaded.model, "args", None), "vocab_size", None)
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
 
     @property
     def active_sequences(self) -> int:
-        return min(self._pending, self.limits.max_sequences)
+        return min(len(self._jobs), self.limits.max_sequences)
 
     @property
     def queued(self) -> int:
-        return max(0, self._pending - self.limits.max_sequences)
+        return max(0, len(self._jobs) - self.limits.max_sequences)
+
+    @property
+    def alive(self) -> bool:
+        """The engine takes jobs: it was not closed and its thread did not stop."""
+        return not self._closed
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job, first come first served; raises `Overloaded` when the queue is full."""
-        if self._closed:
-            job.emit(Failed(SHUTTING_DOWN, overloaded=True))
-            return
-        with self._pending_lock:
-            if self._pending >= self.limits.max_sequences + self.limits.max_queued:
-                raise Overloaded.queue_full(self._pending, self.loaded.name, self.limits)
-            self._pending += 1
-        self._inbox.put((job, time.perf_counter()))
+        with self._jobs_lock:
+            if not self._closed:
+                if len(self._jobs) >= self.limits.max_sequences + self.limits.max_queued:
+                    raise Overloaded.queue_full(len(self._jobs), self.loaded.name, self.limits)
+                self._jobs[job] = None
+                self._inbox.put((job, time.perf_counter()))
+                return
+        _send(job, Failed(SHUTTING_DOWN, overloaded=True))
 
     def close(self) -> None:
         """Stop the thread; jobs still running end with an overloaded error so clients retry."""
         # Callers race at shutdown (the grace timer and the runner's exit); each returns only once the
         # thread is gone, since MLX must not be running when the interpreter exits.
         with self._close_lock:
-            if not self._closed:
-                self._closed = True
+            with self._jobs_lock:
+                stopping, self._closed = not self._closed, True
+            if stopping:
                 self._inbox.put(_STOP)
             self._thread.join()
-            # Anything submitted while the thread was stopping.
-            for job, _ in self._take_inbox(block=False):
-                self._end(job, Failed(SHUTTING_DOWN, overloaded=True))
 
     def _run(self) -> None:
         import mlx.core as mx
 
         # MLX streams belong to the thread that made them, so the generator is built here.
         stream = mx.default_stream(mx.default_device())
+        ending = SHUTTING_DOWN
+        try:
+            self._serve(stream)
+        except Exception:
+            log.exception("the engine of %s stopped after an internal error", self.loaded.name)
+            ending = ENGINE_STOPPED
+        finally:
+            self._end_all(ending)
+            # The generator computes one step ahead: let that finish, then release this thread's MLX
+            # streams here, since left to the thread's teardown they abort the process.
+            mx.synchronize(stream)
+            mx.clear_streams()
+
+    def _serve(self, stream) -> None:
+        """Admit, step and retire jobs until told to stop."""
         batch = self._new_batch(stream)
         self.cache.restore()
         while True:
             incoming = self._take_inbox(block=not self._running)
             if _STOP in incoming:
-                for job, _ in (item for item in incoming if item is not _STOP):
-                    self._end(job, Failed(SHUTTING_DOWN, overloaded=True))
-                self._fail_all(SHUTTING_DOWN, overloaded=True)
                 batch.close()
                 self.cache.save()
-                # The generator computes one step ahead: let that finish, then release this thread's MLX
-                # streams here, since left to the thread's teardown they abort the process.
-                mx.synchronize(stream)
-                del batch
-                mx.clear_streams()
-                return
+                return  # `_run` ends every job still here
+            for job, submitted in incoming:
+                self._admit(batch, job, submitted)
             try:
-                for job, submitted in incoming:
-                    self._admit(batch, job, submitted)
-                self._drop_cancelled(batch)
-                if not self._running:
-                    continue
-                prompt_responses, responses = batch.next()
-                self._store_segments(batch, prompt_responses)
-                for response in responses:
-                    self._on_token(batch, response)
-                self.cache.shrink_to(self.cache.max_bytes - batch.prompt_cache_nbytes)
+                self._step(batch)
             except Exception:
-                log.exception("generation failed; ending the sequences in flight")
-                self._fail_all("generation failed inside the engine; see the server log", overloaded=False)
+                # A fault no single request owns (the model's forward pass, the generator itself).
+                log.exception("a generation step failed; ending the %d sequences in it", len(self._running))
+                for uid in list(self._running):
+                    self._retire(uid, Failed(STEP_FAILED))
+                reset_random_state()
                 batch.close()
                 batch = self._new_batch(stream)
 
@@ -188,9 +209,17 @@ class Engine:
             return items
 
     def _admit(self, batch, job: GenerationJob, submitted: float) -> None:
+        """Start the job's generation, or end it at once: cancelled, or failed while starting."""
         if job.cancelled:
             self._end(job, None)
             return
+        try:
+            self._insert(batch, job, submitted)
+        except Exception:
+            log.exception("%s: could not start generating", job.label)
+            self._end(job, Failed(REQUEST_FAILED))
+
+    def _insert(self, batch, job: GenerationJob, submitted: float) -> None:
         prompt = job.prompt
         hit = self.cache.fetch(prompt.tokens)
         self._reuse.check(job.label, job.parts, hit.reused, len(prompt.tokens))
@@ -200,15 +229,16 @@ class Engine:
         cuts = [hit.reused, *boundaries, len(prompt.tokens)]
         segments = [prompt.tokens[a:b] for a, b in itertools.pairwise(cuts)]
         decoder = OutputDecoder(self.loaded.tokenizer, prompt, job.stop_sequences)
+        running = _Running(job, decoder, submitted, hit.reused, len(boundaries))
         (uid,) = batch.insert_segments(
             [segments],
             max_tokens=[max(job.max_tokens, 1)],
             caches=[hit.cache],
             all_tokens=[prompt.tokens[: hit.reused]],
-            samplers=[job.sampling.sampler()],
-            logits_processors=[self._constraints(prompt)],
+            samplers=[guard_sampler(job.sampling.sampler(self._vocab_size), running.fault_in)],
+            logits_processors=[[guard_processor(p, running.fault_in) for p in self._constraints(prompt)]],
         )
-        self._running[uid] = _Running(job, decoder, submitted, hit.reused, len(boundaries))
+        self._running[uid] = running
 
     def _constraints(self, prompt: Prompt) -> list:
         processors = []
@@ -226,6 +256,27 @@ class Engine:
             )
         return processors
 
+    def _step(self, batch) -> None:
+        """One step of the whole batch; a fault of one request's own parts ends that request alone."""
+        self._drop_cancelled(batch)
+        if not self._running:
+            return
+        prompt_responses, responses = batch.next()
+        for uid in [uid for uid, running in self._running.items() if running.fault is not None]:
+            fault = self._running[uid].fault
+            log.error("%s: failed in its generation step", self._running[uid].job.label, exc_info=fault)
+            self._retire(uid, Failed(REQUEST_FAILED), batch)
+        self._store_segments(batch, prompt_responses)
+        for response in responses:
+            if (running := self._running.get(response.uid)) is None:
+                continue
+            try:
+                self._on_token(batch, response, running)
+            except Exception:
+                log.exception("%s: failed while its output was being read", running.job.label)
+                self._retire(response.uid, Failed(REQUEST_FAILED), batch)
+        self.cache.shrink_to(self.cache.max_bytes - batch.prompt_cache_nbytes)
+
     def _drop_cancelled(self, batch) -> None:
         gone = [uid for uid, running in self._running.items() if running.job.cancelled]
         if gone:
@@ -234,20 +285,22 @@ class Engine:
                 if cache is not None and len(tokens) > self._running[uid].reused:
                     self.cache.store(tokens, cache)
             for uid in gone:
-                self._end(self._running.pop(uid).job, None)
+                self._retire(uid, None)
 
     def _store_segments(self, batch, prompt_responses) -> None:
         ended = [
             r.uid
             for r in prompt_responses
-            if r.end_of_segment and not r.end_of_prompt and self._running[r.uid].segments_left
+            if r.end_of_segment
+            and not r.end_of_prompt
+            and (running := self._running.get(r.uid)) is not None
+            and running.segments_left
         ]
         for uid, (cache, tokens) in batch.extract_cache(ended).items():
             self._running[uid].segments_left -= 1
             self.cache.store(tokens, cache, kind="system")
 
-    def _on_token(self, batch, response) -> None:
-        running = self._running[response.uid]
+    def _on_token(self, batch, response, running: _Running) -> None:
         if running.first_token is None:
             running.first_token = time.perf_counter()
         decoder = running.decoder
@@ -257,23 +310,27 @@ class Engine:
             if response.finish_reason != "stop":  # the end-of-sequence token itself is not output
                 for event in decoder.feed(response.token):
                     emit(event)
-        if decoder.finished_early:
-            cache, tokens = batch.remove([response.uid], return_prompt_caches=True)[response.uid]
-            reason = "stop_sequence" if decoder.stop_sequence is not None else "tool_use"
-        elif response.finish_reason is not None:
+        if response.finish_reason is not None:
+            # The generator has already let go of a sequence it ended, whatever the decoder saw in its
+            # last token (a stop sequence or a call closing on the last token `max_tokens` allows).
             cache, tokens = response.prompt_cache, response.all_tokens
-            reason = "end_turn" if response.finish_reason == "stop" else "max_tokens"
+        elif decoder.finished_early:
+            cache, tokens = batch.remove([response.uid], return_prompt_caches=True)[response.uid]
         else:
             return
         del self._running[response.uid]
         self.cache.store(tokens, cache)
-        if not running.prewarm:
-            for event in decoder.finish():
-                emit(event)
         if running.prewarm:
             reason = "max_tokens"
-        elif reason == "end_turn" and decoder.tool_calls:
-            reason = "tool_use"
+        else:
+            for event in decoder.finish():  # may still find a stop sequence in text held back until now
+                emit(event)
+            if decoder.finished_early:
+                reason = "stop_sequence" if decoder.stop_sequence is not None else "tool_use"
+            elif response.finish_reason == "stop":
+                reason = "tool_use" if decoder.tool_calls else "end_turn"
+            else:
+                reason = "max_tokens"
         self._end(running.job, self._finished(running, reason))
 
     def _finished(self, running: _Running, reason: str) -> Finished:
@@ -296,13 +353,34 @@ class Engine:
             tool_parse_failures=running.decoder.parse_failures,
         )
 
-    def _end(self, job: GenerationJob, event: GenerationEvent | None) -> None:
-        with self._pending_lock:
-            self._pending -= 1
-        if event is not None:
-            job.emit(event)
+    def _retire(self, uid: int, event: GenerationEvent | None, batch=None) -> None:
+        """End a running sequence's job with `event`, freeing its place in `batch` when given."""
+        running = self._running.pop(uid, None)
+        if batch is not None:
+            batch.remove([uid])  # a sequence the generator already ended is not there: nothing happens
+        if running is not None:
+            self._end(running.job, event)
 
-    def _fail_all(self, message: str, *, overloaded: bool) -> None:
-        for running in self._running.values():
-            self._end(running.job, Failed(message, overloaded=overloaded))
-        self._running.clear()
+    def _end(self, job: GenerationJob, event: GenerationEvent | None) -> None:
+        """The job's one terminal outcome: `event` (None for a cancelled job, whose client is gone)."""
+        with self._jobs_lock:
+            if self._jobs.pop(job, _ENDED) is _ENDED:
+                return
+        if event is not None:
+            _send(job, event)
+
+    def _end_all(self, message: str) -> None:
+        """The thread is stopping: every job still accepted ends, and no more are taken."""
+        with self._jobs_lock:
+            self._closed = True
+            jobs, self._jobs = list(self._jobs), {}
+        for job in jobs:
+            if not job.cancelled:
+                _send(job, Failed(message, overloaded=True))
+
+
+def _send(job: GenerationJob, event: GenerationEvent) -> None:
+    try:
+        job.emit(event)
+    except Exception:  # the receiving side is gone (its event loop closed at shutdown): nothing to tell
+        log.debug("%s: could not deliver %s", job.label, type(event).__name__, exc_info=True)

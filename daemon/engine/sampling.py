@@ -17,12 +17,16 @@ class SamplingParams:
     top_k: int | None = None
     min_p: float | None = None
 
-    def sampler(self):
-        """mlx-lm's sampler for these settings; temperature 0 is its greedy argmax."""
+    def sampler(self, vocab_size: int | None = None):
+        """mlx-lm's sampler for these settings; temperature 0 is its greedy argmax. A `top_k` that keeps
+        the whole vocabulary filters nothing (mlx-lm refuses it rather than ignoring it)."""
+        top_k = self.top_k or 0
+        if vocab_size is not None and top_k >= vocab_size:
+            top_k = 0
         return make_sampler(
             temp=self.temperature,
             top_p=self.top_p or 0.0,
-            top_k=self.top_k or 0,
+            top_k=top_k,
             min_p=self.min_p or 0.0,
         )
 

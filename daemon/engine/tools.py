@@ -23,8 +23,9 @@ class ToolFormat:
     def forced_prefix(self, name: str | None) -> str:
         """Text that opens a call (of tool `name`, when given) so the model can only continue it."""
         if self.kind in ("json_tools", "generic"):
-            opening = '\n{"name": "'
-            return self.start + (opening + f'{name}", "arguments": ' if name else opening)
+            # The name as a JSON string, escaped; without one, the opening quote of the name the model writes.
+            opening = '\n{"name": '
+            return self.start + opening + (f'{json.dumps(name)}, "arguments": ' if name else '"')
         if self.kind == "qwen3_coder":
             return self.start + (f"\n<function={name}>\n" if name else "\n<function=")
         return self.start  # other formats: the call is forced, the name is the model's choice
