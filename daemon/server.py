@@ -1,29 +1,43 @@
-"""The Quart app factory and the Hypercorn runner: request ids, auth, routes, signals and shutdown."""
+"""The Quart app factory and the Hypercorn runner: request ids, the boundary checks, auth, routes, the
+server's timeouts and limits, signals and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
-import secrets
 import signal
+import socket
 import time
+from http import HTTPStatus
 
+import h11
+import hypercorn.protocol
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.protocol.h11 import H11Protocol
 from quart import Quart, Response, g, request
 
 from daemon import __version__
-from daemon.api import admin, errors, health, messages, metrics, models
+from daemon.api import admin, boundary, errors, health, messages, metrics, models
 from daemon.api.metrics import Metrics
 from daemon.auth import token_checker
 from daemon.engine.memory import format_bytes
 from daemon.engine.names import NameRule
 from daemon.engine.registry import EngineOptions, ModelRegistry, ModelSpec
 from daemon.engine.runner import EngineLimits
+from daemon.logs import current_request, new_request_id
+from daemon.protocol.errors import envelope
 from daemon.settings import Settings, data_dir
 
 log = logging.getLogger(__name__)
+
+# Hypercorn's limits and timeouts not taken from settings (the README's table says why each).
+MAX_HEADER_BYTES = 16 * 1024  # a request head arriving in pieces may grow this big; Claude Code's is ~2 KiB
+BACKLOG = 128  # connections waiting to be accepted; macOS caps the listen queue at 128 anyway
+SEND_BUFFER_BYTES = 128 * 1024  # per connection; a client that stops reading is noticed after this much
 
 DEMO_WARNING = """
 ============================================================================
@@ -35,26 +49,34 @@ DEMO_WARNING = """
 
 
 def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
-    app = Quart("mlxd")
+    # No static folder: Quart would otherwise serve files from `./static` of whatever folder mlxd started in.
+    app = Quart("mlxd", static_folder=None)
+    # Werkzeug would answer a `//` in a path (a model id beginning with `/`) with an HTML redirect to the
+    # merged path, not an envelope; unmerged, no route matches and the answer is a 404 envelope.
+    app.url_map.merge_slashes = False
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         RESPONSE_TIMEOUT=None,  # streams last as long as generation does
-        BODY_TIMEOUT=600,
+        BODY_TIMEOUT=settings.body_timeout,
+        PROVIDE_AUTOMATIC_OPTIONS=False,  # no CORS preflight is ever granted; see daemon.api.boundary
         MLXD_REGISTRY=registry,
         MLXD_METRICS=Metrics(registry),
         MLXD_PING_INTERVAL=settings.ping_interval,
+        MLXD_STREAM_BUFFER_EVENTS=settings.stream_buffer_events,
         MLXD_STARTED=time.monotonic(),
     )
 
     @app.before_request
     async def assign_request_id() -> None:
-        g.request_id = f"req_{secrets.token_hex(12)}"
+        g.request_id = new_request_id()
+        current_request.set(g.request_id)
 
+    boundary.register(app, settings)
     app.before_request(token_checker(settings.resolved_token))
 
     @app.after_request
     async def tag_response(response: Response) -> Response:
-        response.headers["request-id"] = g.get("request_id") or f"req_{secrets.token_hex(12)}"
+        response.headers["request-id"] = g.get("request_id") or new_request_id()
         route = request.url_rule.rule if request.url_rule else "unmatched"
         app.config["MLXD_METRICS"].requests.labels(route, str(response.status_code)).inc()
         return response
@@ -109,19 +131,77 @@ def run(settings: Settings) -> None:
     settings.check_bind()
     registry = load_registry(settings)
     app = create_app(settings, registry)
-    config = HypercornConfig()
+    hypercorn.protocol.H11Protocol = EnvelopeH11Protocol
+    try:
+        registry.start()
+        asyncio.run(_serve(app, hypercorn_config(settings), settings, registry))
+    finally:
+        registry.close()
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    """Every timeout and limit Hypercorn applies, chosen here (the README's table says why)."""
+    config = ServerConfig()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     config.bind = [f"{host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    config.backlog = BACKLOG
+    # Idle keep-alive connections, and connections whose request head is still incomplete (the same timer),
+    # close after this; longer than the keep-alive of the usual clients (httpx 5 s, Node 4 s), so the client
+    # is the one that closes, never a server racing a request the client just sent.
+    config.keep_alive_timeout = settings.keep_alive_timeout
+    # Hypercorn applies this to every read, also while a response streams and the client says nothing: any
+    # value would cut long generations. Bodies are bounded by BODY_TIMEOUT, heads by keep_alive_timeout.
+    config.read_timeout = None
+    config.h11_max_incomplete_size = MAX_HEADER_BYTES
     # Hypercorn waits for open requests this long after shutdown starts; the engines end theirs at the
     # grace period, which leaves a few seconds to send the final error events.
     config.graceful_timeout = settings.shutdown_grace + 5.0
-    try:
-        registry.start()
-        asyncio.run(_serve(app, config, settings, registry))
-    finally:
-        registry.close()
+    return config
+
+
+class ServerConfig(HypercornConfig):
+    """Hypercorn's config, with a bounded send buffer on the listening sockets (accepted connections inherit
+    it): left to the kernel it grows to megabytes, which a client that never reads fills before the stream
+    notices it is not being read."""
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for listener in sockets.insecure_sockets:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        return sockets
+
+
+class EnvelopeH11Protocol(H11Protocol):
+    """Hypercorn's HTTP/1.1 protocol, except that what it refuses before the app sees a request (a malformed
+    request, a head over `h11_max_incomplete_size`) is answered with an error envelope, not an empty body.
+    Hypercorn has no hook for these responses; `run` installs this class where Hypercorn looks it up."""
+
+    async def _send_error_response(self, status_code: int) -> None:
+        request_id = new_request_id()
+        message = _refusal(status_code)
+        log.info("%d before the app: %s", status_code, message, extra={"request_id": request_id})
+        body = json.dumps(envelope(errors.error_type(status_code), message, request_id)).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"request-id", request_id.encode()),
+            (b"x-should-retry", b"false"),
+            *self.config.response_headers("h11"),
+        ]
+        await self._send_h11_event(h11.Response(status_code=status_code, headers=headers))
+        await self._send_h11_event(h11.Data(data=body))
+        await self._send_h11_event(h11.EndOfMessage())
+
+
+def _refusal(status: int) -> str:
+    if status == HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE:
+        return f"request head exceeds the {MAX_HEADER_BYTES}-byte limit: send fewer or shorter headers"
+    if status == HTTPStatus.BAD_REQUEST:
+        return "malformed HTTP request: its request line, a header or its body framing is invalid"
+    return f"request refused by the HTTP layer: {HTTPStatus(status).phrase}"
 
 
 async def _serve(app: Quart, config: HypercornConfig, settings: Settings, registry: ModelRegistry) -> None:

@@ -6,11 +6,12 @@ import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 APP = "mlxd"
 DEFAULT_PORT = 8484
@@ -96,6 +97,8 @@ class Settings(BaseModel):
     shutdown_grace: float = Field(30.0, ge=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0)
     ping_interval: float = Field(5.0, gt=0)
+    # Events (about one per token) a stream may hold unsent before its client counts as not reading it.
+    stream_buffer_events: int = Field(1024, gt=0)
     max_sequences: int = Field(8, gt=0)
     max_queued: int = Field(64, ge=0)
     prefill_step_size: int = Field(1024, gt=0)
@@ -109,6 +112,35 @@ class Settings(BaseModel):
     keep_small_model_loaded: bool = False
     model_ttl: float = Field(1800.0, ge=0)
     memory_budget_bytes: int | None = Field(None, ge=0)
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback ones (and a non-loopback bind)
+    allowed_origins: tuple[str, ...] = ()  # web page origins answered; requests without Origin always are
+    allowed_clients: tuple[IPv4Network | IPv6Network, ...] = ()  # client addresses; empty: any that connects
+    body_timeout: float = Field(30.0, gt=0)  # seconds for a whole request body to arrive
+    keep_alive_timeout: float = Field(10.0, gt=0)  # seconds an idle connection, or a request head, may take
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _entries(value)
+
+    @field_validator("allowed_hosts", mode="after")
+    @classmethod
+    def _host_names(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(host_name(host) for host in hosts)
+
+    @field_validator("allowed_origins", mode="after")
+    @classmethod
+    def _origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(origin.lower().rstrip("/") for origin in origins)
+
+    @field_validator("allowed_clients", mode="before")
+    @classmethod
+    def _networks(cls, clients: Any) -> Any:
+        # An address is a network of one; host bits in a CIDR entry are forgiven: 10.1.2.3/8 is 10.0.0.0/8.
+        return [
+            ipaddress.ip_network(entry, strict=False) if isinstance(entry, str) else entry
+            for entry in _entries(clients)
+        ]
 
     @model_validator(mode="after")
     def _models_are_consistent(self) -> Settings:
@@ -187,7 +219,7 @@ class Settings(BaseModel):
 
     def check_bind(self) -> None:
         """Refuse to listen beyond this machine without a token."""
-        if self.resolved_token() is None and not _is_loopback(self.host):
+        if self.resolved_token() is None and not is_loopback(self.host):
             raise SettingsError(
                 f"refusing to listen on {self.host} without a token: anyone who can reach this machine "
                 "could use the model. Set --token, MLXD_TOKEN or token_file, or bind to 127.0.0.1."
@@ -233,6 +265,13 @@ def _read_config(path: Path, required: bool = False) -> dict[str, Any]:
         raise SettingsError(f"cannot read config file {path}: {error}") from error
 
 
+def _entries(value: Any) -> Any:
+    """A list setting: a list in the config file, comma-separated in the environment (`MLXD_X=a,b`)."""
+    if isinstance(value, str):
+        return [entry for entry in (part.strip() for part in value.split(",")) if entry]
+    return value
+
+
 def _problem(loc: tuple[Any, ...], message: str) -> str:
     message = message.removeprefix("Value error, ")
     return f"{'.'.join(map(str, loc))}: {message}" if loc else message
@@ -251,10 +290,17 @@ def _check_unique(models: list[ModelConfig]) -> None:
             seen[name] = m.name
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+def host_name(host: str) -> str:
+    """A host as Host headers are compared: lower case, without IPv6 brackets."""
+    return host.strip().lower().removeprefix("[").removesuffix("]")
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost`, any 127.x address or ::1 (any case, brackets or not)."""
+    name = host_name(host)
+    if name == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False

@@ -1,19 +1,34 @@
-"""Every error leaves as an Anthropic envelope, with the request id in body and header."""
+"""Every error leaves as an Anthropic envelope, with the request id in body and header, and one log line."""
 
 from __future__ import annotations
 
 import logging
 
-from quart import Quart, Response, g, jsonify
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from quart import Quart, Response, current_app, g, jsonify
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
 from daemon.protocol.errors import ERROR_TYPES, ApiError, envelope
 
 log = logging.getLogger(__name__)
 
 
+def error_type(status: int) -> str:
+    """Anthropic's type for a status; as its API does, `invalid_request_error` for 4xx codes it lists no
+    type of its own for (408, 431)."""
+    if status in ERROR_TYPES:
+        return ERROR_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
+
+
 def error_response(error: ApiError) -> Response:
-    response = jsonify(error.body(g.get("request_id")))
+    log.log(
+        logging.WARNING if error.status >= 500 else logging.INFO,
+        "%d %s: %s",
+        error.status,
+        error_type(error.status),
+        error.message,
+    )
+    response = jsonify(envelope(error_type(error.status), error.message, g.get("request_id")))
     response.status_code = error.status
     if error.should_retry is not None:
         response.headers["x-should-retry"] = "true" if error.should_retry else "false"
@@ -29,7 +44,14 @@ def register(app: Quart) -> None:
     async def too_large(error: RequestEntityTooLarge) -> Response:
         limit = app.config["MAX_CONTENT_LENGTH"]
         return error_response(
-            ApiError(413, f"request body exceeds the {limit}-byte limit", should_retry=False)
+            ApiError(413, f"request body exceeds the {limit}-byte limit (max_body_bytes)", should_retry=False)
+        )
+
+    @app.errorhandler(RequestTimeout)
+    async def body_too_slow(error: RequestTimeout) -> Response:
+        seconds = current_app.config["BODY_TIMEOUT"]
+        return error_response(
+            ApiError(408, f"request body did not arrive within {seconds:g}s (body_timeout): send it faster")
         )
 
     @app.errorhandler(HTTPException)

@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 blueprint = Blueprint("messages", __name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-# Events a stream may hold undelivered (about one per token) before its client counts as not reading.
-STREAM_BUFFER_EVENTS = 4096
 
 
 @blueprint.route("/v1/messages/count_tokens", methods=["POST"])
@@ -46,7 +44,7 @@ async def create_message() -> Response | dict:
     if len(prompt.tokens) > context:
         raise invalid_request(f"prompt is too long: {len(prompt.tokens)} tokens > {context} maximum")
 
-    events = EngineEvents(asyncio.get_running_loop())
+    events = EngineEvents(asyncio.get_running_loop(), current_app.config["MLXD_STREAM_BUFFER_EVENTS"])
     job = GenerationJob(
         prompt=prompt,
         max_tokens=min(body.max_tokens, context - len(prompt.tokens)),
@@ -80,7 +78,7 @@ async def create_message() -> Response | dict:
         event = await events.get()
         if isinstance(event, Failed):
             record.failed(event)
-            raise ApiError(529 if event.overloaded else 500, event.message)
+            raise ApiError(529 if event.overloaded else 500, event.message, should_retry=event.retry)
         frames += stream.events(event)
         if isinstance(event, Finished):
             record.finished(event)
@@ -92,7 +90,7 @@ class EngineEvents:
     undelivered: past that the client has stopped reading its stream, so the generation is cancelled (its
     sequence freed) and the stream ends with an error whenever the client reads again."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = STREAM_BUFFER_EVENTS):
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int):
         self.job: GenerationJob | None = None
         self._loop = loop
         self._queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()

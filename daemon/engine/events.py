@@ -51,6 +51,9 @@ class Finished:
 class Failed:
     message: str
     overloaded: bool = False
+    retry: bool | None = (
+        None  # whether a retry can succeed, when that is known (a model that cannot load: no)
+    )
 
 
 @dataclass(frozen=True)

@@ -132,14 +132,14 @@ class OnDemandEngine:
                 return
         engine.close()  # the server began shutting down during the load
 
-    def fail(self, message: str, *, overloaded: bool) -> None:
+    def fail(self, message: str, *, overloaded: bool, retry: bool | None = None) -> None:
         """The load failed: the waiting jobs end with `message`; the next request tries again."""
         with self._lock:
             self._loading = None
             self.last_error = message
             waiting, self._waiting = self._waiting, []
         for job in waiting:
-            job.emit(Failed(message, overloaded=overloaded))
+            job.emit(Failed(message, overloaded=overloaded, retry=retry))
 
     def unload_if_idle(self, idle_for: float = 0.0) -> int:
         """Close the engine, saving its prompt cache, unless a request is in flight or came within `idle_for`

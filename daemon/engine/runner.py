@@ -26,6 +26,7 @@ from daemon.engine.prompt import Prompt
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.reuse import Part, ReuseMonitor
 from daemon.engine.sampling import SamplingParams
+from daemon.logs import current_request
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +214,14 @@ class Engine:
         if job.cancelled:
             self._end(job, None)
             return
+        label = current_request.set(job.label)  # lines logged meanwhile name the request
         try:
             self._insert(batch, job, submitted)
         except Exception:
-            log.exception("%s: could not start generating", job.label)
+            log.exception("could not start generating")
             self._end(job, Failed(REQUEST_FAILED))
+        finally:
+            current_request.reset(label)
 
     def _insert(self, batch, job: GenerationJob, submitted: float) -> None:
         prompt = job.prompt
@@ -263,18 +267,21 @@ class Engine:
             return
         prompt_responses, responses = batch.next()
         for uid in [uid for uid, running in self._running.items() if running.fault is not None]:
-            fault = self._running[uid].fault
-            log.error("%s: failed in its generation step", self._running[uid].job.label, exc_info=fault)
+            running = self._running[uid]
+            log.error("failed in its generation step", exc_info=running.fault, extra=_names(running.job))
             self._retire(uid, Failed(REQUEST_FAILED), batch)
         self._store_segments(batch, prompt_responses)
         for response in responses:
             if (running := self._running.get(response.uid)) is None:
                 continue
+            label = current_request.set(running.job.label)
             try:
                 self._on_token(batch, response, running)
             except Exception:
-                log.exception("%s: failed while its output was being read", running.job.label)
+                log.exception("failed while its output was being read")
                 self._retire(response.uid, Failed(REQUEST_FAILED), batch)
+            finally:
+                current_request.reset(label)
         self.cache.shrink_to(self.cache.max_bytes - batch.prompt_cache_nbytes)
 
     def _drop_cancelled(self, batch) -> None:
@@ -379,8 +386,13 @@ class Engine:
                 _send(job, Failed(message, overloaded=True))
 
 
+def _names(job: GenerationJob) -> dict[str, str]:
+    """`extra` for a line about `job` logged outside its own handling."""
+    return {"request_id": job.label}
+
+
 def _send(job: GenerationJob, event: GenerationEvent) -> None:
     try:
         job.emit(event)
     except Exception:  # the receiving side is gone (its event loop closed at shutdown): nothing to tell
-        log.debug("%s: could not deliver %s", job.label, type(event).__name__, exc_info=True)
+        log.debug("could not deliver %s", type(event).__name__, exc_info=True, extra=_names(job))
