@@ -137,6 +137,12 @@ def run(settings: Settings) -> None:
         asyncio.run(_serve(app, hypercorn_config(settings), settings, registry))
     finally:
         registry.close()
+    if registry.loading:
+        # Python would wait at exit for the loader's thread, and a download may take minutes more. Every
+        # engine is closed and its cache saved, and the requests that waited for the load have ended.
+        log.warning("a model was still loading or downloading; exiting without waiting for it")
+        logging.shutdown()
+        os._exit(0)
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:

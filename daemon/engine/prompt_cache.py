@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,14 +90,27 @@ class PromptCache:
 
     def save(self) -> int:
         """Write the longest cached prefixes to the persistence folder, within its byte cap; returns how
-        many were saved."""
+        many were saved. Never raises: a disk that is full or not writable costs the warm restart only."""
         if self.persistence is None:
             return 0
         folder = self.persistence.folder
-        folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("*.safetensors"):
-            old.unlink()
-        saved, budget = 0, self.persistence.max_bytes
+        try:
+            saved = self._save(folder, self.persistence.max_bytes)
+        except Exception as error:
+            log.error("could not save the prompt cache in %s: %s", folder, error)
+            return 0
+        if saved:
+            log.info("saved %d prompt cache prefixes for warm restart in %s", saved, folder)
+        return saved
+
+    def _save(self, folder: Path, budget: int) -> int:
+        # Each file is written whole under a temporary name, then renamed over the last shutdown's file of
+        # that name, so a crash at any point leaves only complete files where `restore` looks. They hold
+        # what prompts said, so only the user may read them.
+        partial = folder / ".partial"
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        partial.mkdir(mode=0o700, exist_ok=True)
+        written: set[str] = set()
         for tokens in sorted(self._stored, key=len, reverse=True):
             if len(tokens) < MIN_SAVED_TOKENS:
                 break
@@ -106,20 +120,30 @@ class PromptCache:
             size = sum(c.nbytes for c in cache)
             if size > budget:
                 continue
+            name = f"prefix-{len(written)}.safetensors"
             metadata = {"model_key": self.model_key, "tokens": json.dumps(list(tokens))}
-            save_prompt_cache(str(folder / f"prefix-{saved}.safetensors"), cache, metadata)
+            save_prompt_cache(str(partial / name), cache, metadata)
+            (partial / name).chmod(0o600)
+            os.replace(partial / name, folder / name)
             budget -= size
-            saved += 1
-        if saved:
-            log.info("saved %d prompt cache prefixes for warm restart in %s", saved, folder)
-        return saved
+            written.add(name)
+        for old in folder.glob("*.safetensors"):
+            if old.name not in written:
+                old.unlink()  # the rest of the last shutdown's files
+        return len(written)
 
     def restore(self) -> int:
-        """Load what `save` wrote for this model; files that are corrupt or for another model are skipped."""
+        """Load what `save` wrote for this model; files that are corrupt or for another model are skipped,
+        and so is a folder that cannot be read."""
         if self.persistence is None:
             return 0
         restored = 0
-        for path in sorted(self.persistence.folder.glob("*.safetensors")):
+        try:
+            paths = sorted(self.persistence.folder.glob("*.safetensors"))
+        except OSError as error:
+            log.warning("ignoring saved prompt caches in %s: %s", self.persistence.folder, error)
+            return 0
+        for path in paths:
             try:
                 cache, metadata = load_prompt_cache(str(path), return_metadata=True)
                 if metadata.get("model_key") != self.model_key:

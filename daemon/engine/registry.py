@@ -143,6 +143,11 @@ class ServedModel:
         self._context_length = prepared.context_length
         return prepared
 
+    @property
+    def preparing(self) -> bool:
+        """Its tokenizer and config are being read (or downloaded)."""
+        return self._preparing is not None and not self._preparing.done()
+
     def context_length(self) -> int | None:
         """The context length, when known without loading: configured, prepared, or in the config of a
         model already on this machine."""
@@ -267,9 +272,15 @@ class ModelRegistry:
                 self._reaper.join()
             for served in self:
                 served.engine.close()
-            # A load in progress completes, and finds its engine closed at once.
-            self._loader.shutdown(wait=True, cancel_futures=True)
-            self._prepare_pool.shutdown(wait=True, cancel_futures=True)
+            # A load in progress (a download may take minutes) is not waited for: the requests waiting on
+            # it have ended, and a load that completes finds its engine closed at once. See `loading`.
+            self._loader.shutdown(wait=False, cancel_futures=True)
+            self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+
+    @property
+    def loading(self) -> bool:
+        """A model's files or weights are being read or downloaded."""
+        return any(served.engine.loading or served.preparing for served in self)
 
     def _load(self, served: ServedModel) -> None:
         """On the loader thread: fetch the weights if needed, make room, load, and start the engine."""
@@ -285,16 +296,16 @@ class ModelRegistry:
             engine = Engine(loaded, self._prompt_cache(loaded.fingerprint), self.options.limits)
         except NoRoom as error:
             log.warning("not loading model %s: %s", spec.name, error)
-            served.engine.fail(str(error), overloaded=error.retry)
+            served.engine.fail(str(error), overloaded=error.retry, retry=error.retry)
             raise
         except ModelLoadError as error:
             log.error("%s", error)
-            served.engine.fail(str(error), overloaded=False)
+            served.engine.fail(str(error), overloaded=False, retry=False)
             raise
         except Exception as error:  # whatever the files or the network did: reported, never fatal
             message = f"model {spec.name} failed to load from {spec.source}: {error}"
             log.exception("%s", message)
-            served.engine.fail(message, overloaded=False)
+            served.engine.fail(message, overloaded=False, retry=False)
             raise ModelLoadError(message) from error
         served.engine.attach(engine, size)
         log.info(
