@@ -139,7 +139,7 @@ async def _sse(
         try:
             frames = b"".join(encode_sse(frame) for frame in stream.events(event))
         except Exception:
-            log.exception("%s: could not encode a stream event", record.request_id)
+            log.exception("could not encode a stream event", extra={"request_id": record.request_id})
             failed = Failed("the response could not be encoded; see the server log")
             record.failed(failed)
             yield encode_sse(stream.events(failed)[0])
@@ -167,7 +167,7 @@ async def _parse(model: type[Body]) -> Body:
     except ValidationError as error:
         raise from_validation_error(error) from None
     if ignored := ignored_fields(body):
-        log.debug("request %s: ignoring fields not implemented: %s", g.request_id, ", ".join(ignored))
+        log.debug("ignoring fields not implemented: %s", ", ".join(ignored))
     return body
 
 
@@ -180,14 +180,15 @@ class _RequestLog:
         self.metrics = metrics
         self.prompt_tokens = len(prompt.tokens)
         self.started = time.perf_counter()
+        # Lines logged from a stream's body name the request whatever context the body runs in.
+        self._names = {"request_id": request_id}
 
     def finished(self, event: Finished) -> None:
         self.metrics.generation(self.model, event)
         rate = (event.usage.output_tokens - 1) / event.decode_seconds if event.decode_seconds > 0 else 0.0
         ttft = f"{event.time_to_first_token:.3f}s" if event.time_to_first_token is not None else "-"
         log.info(
-            "%s model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s",
-            self.request_id,
+            "model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s",
             self.model,
             self.prompt_tokens,
             event.usage.cache_read_input_tokens,
@@ -195,9 +196,10 @@ class _RequestLog:
             ttft,
             rate,
             event.stop_reason,
+            extra=self._names,
         )
 
     def failed(self, event: Failed) -> None:
         log.warning(
-            "%s model=%s prompt=%d failed: %s", self.request_id, self.model, self.prompt_tokens, event.message
+            "model=%s prompt=%d failed: %s", self.model, self.prompt_tokens, event.message, extra=self._names
         )

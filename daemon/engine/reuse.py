@@ -34,7 +34,8 @@ class ReuseMonitor:
     def __init__(self, remember: int = 32):
         self._recent: deque[list[Part]] = deque(maxlen=remember)
 
-    def check(self, label: str, parts: list[Part], reused: int, prompt_tokens: int) -> None:
+    def check(self, parts: list[Part], reused: int, prompt_tokens: int) -> None:
+        """Log why a request that resembles a recent one reused little of it (logged under its request id)."""
         related = max(self._recent, key=lambda old: _alike(old, parts), default=None)
         self._recent.append(parts)
         if related is None or prompt_tokens < 256 or reused >= prompt_tokens // 2:
@@ -44,18 +45,15 @@ class ReuseMonitor:
         shared = _shared(related, parts)
         if shared < len(related):
             log.info(
-                "%s reused %d of %d prompt tokens from the cache; it first differs from a recent request "
-                "at %s",
-                label,
+                "reused %d of %d prompt tokens from the cache; it first differs from a recent request at %s",
                 reused,
                 prompt_tokens,
                 parts[shared][0] if shared < len(parts) else "its end",
             )
         else:
             log.info(
-                "%s reused %d of %d prompt tokens although it extends a recent request: that prefix was "
+                "reused %d of %d prompt tokens although it extends a recent request: that prefix was "
                 "evicted from the prompt cache (raise prompt_cache_bytes to keep more)",
-                label,
                 reused,
                 prompt_tokens,
             )

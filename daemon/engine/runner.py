@@ -226,7 +226,7 @@ class Engine:
     def _insert(self, batch, job: GenerationJob, submitted: float) -> None:
         prompt = job.prompt
         hit = self.cache.fetch(prompt.tokens)
-        self._reuse.check(job.label, job.parts, hit.reused, len(prompt.tokens))
+        self._reuse.check(job.parts, hit.reused, len(prompt.tokens))
         # The shared prefix (system prompt and tools) becomes its own segment when it is not cached yet, so
         # that its KV state is stored as soon as it is computed, for concurrent requests that share it.
         boundaries = [b for b in (prompt.shared_prefix,) if hit.reused < b < len(prompt.tokens) - 1]
