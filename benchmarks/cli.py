@@ -48,11 +48,16 @@ def parser(prog: str) -> argparse.ArgumentParser:
         type=Path,
         help="where generated models are cached [default: <mlxd data dir>/bench-models]",
     )
+    cli.add_argument("--soak", action="store_true", help="run the soak instead (--soak --help: its options)")
     return cli
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "--soak" in argv:  # a run of its own, with options of its own
+        from benchmarks import soak
+
+        return soak.main([arg for arg in argv if arg != "--soak"], prog=f"{prog} --soak")
     args = parser(prog).parse_args(argv)
     plan = _plan(args)
     out = args.out or Path("benchmarks/results") / datetime.now().strftime("%Y%m%d-%H%M%S")
