@@ -29,7 +29,7 @@ from daemon.engine.names import NameRule
 from daemon.engine.registry import EngineOptions, ModelRegistry, ModelSpec
 from daemon.engine.runner import EngineLimits
 from daemon.logs import current_request, new_request_id
-from daemon.protocol.errors import envelope
+from daemon.protocol.errors import envelope, error_type
 from daemon.settings import Settings, data_dir
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class EnvelopeH11Protocol(H11Protocol):
         request_id = new_request_id()
         message = _refusal(status_code)
         log.info("%d before the app: %s", status_code, message, extra={"request_id": request_id})
-        body = json.dumps(envelope(errors.error_type(status_code), message, request_id)).encode()
+        body = json.dumps(envelope(error_type(status_code), message, request_id)).encode()
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),

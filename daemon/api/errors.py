@@ -7,17 +7,9 @@ import logging
 from quart import Quart, Response, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from daemon.protocol.errors import ERROR_TYPES, ApiError, envelope
+from daemon.protocol.errors import ApiError, envelope, error_type
 
 log = logging.getLogger(__name__)
-
-
-def error_type(status: int) -> str:
-    """Anthropic's type for a status; as its API does, `invalid_request_error` for 4xx codes it lists no
-    type of its own for (408, 431)."""
-    if status in ERROR_TYPES:
-        return ERROR_TYPES[status]
-    return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 
 def error_response(error: ApiError) -> Response:
@@ -25,10 +17,10 @@ def error_response(error: ApiError) -> Response:
         logging.WARNING if error.status >= 500 else logging.INFO,
         "%d %s: %s",
         error.status,
-        error_type(error.status),
+        error.type,
         error.message,
     )
-    response = jsonify(envelope(error_type(error.status), error.message, g.get("request_id")))
+    response = jsonify(error.body(g.get("request_id")))
     response.status_code = error.status
     if error.should_retry is not None:
         response.headers["x-should-retry"] = "true" if error.should_retry else "false"
@@ -71,7 +63,7 @@ def register(app: Quart) -> None:
     @app.errorhandler(Exception)
     async def unexpected(error: Exception) -> Response:
         log.exception("unhandled error in request %s", g.get("request_id"))
-        body = envelope(ERROR_TYPES[500], "internal server error; see the server log", g.get("request_id"))
+        body = envelope(error_type(500), "internal server error; see the server log", g.get("request_id"))
         response = jsonify(body)
         response.status_code = 500
         return response

@@ -18,7 +18,7 @@ from daemon.engine.prompt import Prompt
 from daemon.engine.runner import GenerationJob, Overloaded
 from daemon.engine.sampling import resolve
 from daemon.protocol.errors import ApiError, from_validation_error, invalid_request
-from daemon.protocol.requests import CountTokensRequest, MessagesRequest, ignored_fields
+from daemon.protocol.requests import CountTokensRequest, MessagesRequest, check_containers, ignored_fields
 from daemon.protocol.stream import PING, MessageStream, assemble, encode_sse
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ Body = TypeVar("Body", bound=CountTokensRequest)
 
 async def _parse(model: type[Body]) -> Body:
     data = await request.get_data()
+    check_containers(data)
     try:
         body = model.model_validate_json(data)
     except ValidationError as error:

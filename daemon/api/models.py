@@ -5,6 +5,7 @@ name becomes the model that serves it."""
 from __future__ import annotations
 
 import asyncio
+import reprlib
 from datetime import UTC, datetime
 
 from quart import Blueprint, current_app, request
@@ -110,6 +111,8 @@ def _registry() -> ModelRegistry:
 
 
 def _limit(value: str) -> int:
-    if not value.isdigit() or not 1 <= int(value) <= 1000:
-        raise invalid_request(f"limit: must be an integer from 1 to 1000, got {value!r}")
+    # ASCII digits only, and few: `str.isdigit` also passes "²", which `int` refuses, and `int` refuses a
+    # string of more than 4300 digits.
+    if not (value.isascii() and value.isdigit() and len(value) <= 4 and 1 <= int(value) <= 1000):
+        raise invalid_request(f"limit: must be an integer from 1 to 1000, got {reprlib.repr(value)}")
     return int(value)

@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from daemon.protocol.limits import MAX_BODY_DEPTH
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -28,11 +30,19 @@ class ApiError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-        self.type = ERROR_TYPES.get(status, "api_error")
+        self.type = error_type(status)
         self.should_retry = should_retry
 
     def body(self, request_id: str | None = None) -> dict[str, Any]:
         return envelope(self.type, self.message, request_id)
+
+
+def error_type(status: int) -> str:
+    """Anthropic's type for a status; as its API does, `invalid_request_error` for 4xx codes it lists no
+    type of its own for (408, 431)."""
+    if status in ERROR_TYPES:
+        return ERROR_TYPES[status]
+    return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 
 def envelope(error_type: str, message: str, request_id: str | None = None) -> dict[str, Any]:
@@ -58,10 +68,17 @@ def from_validation_error(error: ValidationError) -> ApiError:
     elif kind == "missing":
         message = "Field required"
     elif kind == "json_invalid":
-        return invalid_request(f"request body is not valid JSON: {first['msg']}")
+        return invalid_request(_json_problem(first["msg"].removeprefix("Invalid JSON: ")))
     else:
         message = first["msg"].removeprefix("Value error, ")
     return invalid_request(f"{path}: {message}" if path else message)
+
+
+def _json_problem(problem: str) -> str:
+    if problem.startswith("recursion limit exceeded"):
+        where = problem.removeprefix("recursion limit exceeded")
+        return f"request body: arrays and objects nest more than {MAX_BODY_DEPTH} levels deep{where}"
+    return f"request body is not valid JSON: {problem}"
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

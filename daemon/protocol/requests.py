@@ -1,4 +1,5 @@
-"""The Messages API request bodies as pydantic models: what a client may send, validated as the API does.
+"""The Messages API request bodies as pydantic models: what a client may send, validated as the API does,
+within the bounds of `daemon.protocol.limits`.
 
 Unknown fields are accepted everywhere (clients such as Claude Code send beta fields freely) and reported
 through `ignored_fields` so the server can log them once at DEBUG.
@@ -6,9 +7,12 @@ through `ignored_fields` so the server can log them once at DEBUG.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,10 +22,66 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import to_json
+
+from daemon.protocol.errors import invalid_request
+from daemon.protocol.limits import (
+    MAX_BLOCKS,
+    MAX_BLOCKS_PER_MESSAGE,
+    MAX_BODY_CONTAINERS,
+    MAX_MESSAGES,
+    MAX_SCHEMA_BYTES,
+    MAX_SCHEMA_DEPTH,
+    MAX_STOP_SEQUENCE_CHARS,
+    MAX_STOP_SEQUENCES,
+    MAX_TOOL_DESCRIPTION_CHARS,
+    MAX_TOOLS,
+    MAX_TOP_K,
+    MAX_VALUE_DEPTH,
+    TOOL_NAME_PATTERN,
+)
 
 
 class WireModel(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
+    # Strict: a number is never a string or a boolean here, nor NaN or Infinity.
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _json_depth(value: Any, limit: int) -> int:
+    """How many levels of arrays and objects `value` nests (a scalar: 0), counted no further than `limit` + 1.
+    Raises ValueError on NaN or Infinity, which the parser lets into free-form values though JSON has neither.
+
+    Level by level, with the scalars of each container sorted out by `map(type, ...)`: a 32 MiB array of
+    numbers costs a fraction of a second rather than a Python step per number."""
+    _finite([value])
+    level = [value] if isinstance(value, dict | list) else []
+    deepest = 0
+    while level and deepest <= limit:
+        deepest += 1
+        below: list[Any] = []
+        for container in level:
+            children = container.values() if isinstance(container, dict) else container
+            kinds = set(map(type, children))
+            if float in kinds:
+                _finite(children)
+            if dict in kinds or list in kinds:
+                below += [child for child in children if isinstance(child, dict | list)]
+        level = below
+    return deepest
+
+
+def _finite(values: Any) -> None:
+    if not all(math.isfinite(value) for value in values if isinstance(value, float)):
+        raise ValueError("NaN and Infinity are not JSON numbers")
+
+
+def _bounded_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    if _json_depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
+        raise ValueError(f"nests more than {MAX_SCHEMA_DEPTH} levels deep (the limit for a schema)")
+    size = len(to_json(schema))
+    if size > MAX_SCHEMA_BYTES:
+        raise ValueError(f"is {size} bytes as JSON; at most {MAX_SCHEMA_BYTES} are allowed")
+    return schema
 
 
 class TextBlock(WireModel):
@@ -68,7 +128,7 @@ class ToolUseBlock(WireModel):
 class ToolResultBlock(WireModel):
     type: Literal["tool_result"]
     tool_use_id: StrictStr
-    content: list[ToolResultContent] = []
+    content: list[ToolResultContent] = Field([], max_length=MAX_BLOCKS_PER_MESSAGE)
     is_error: StrictBool = False
 
     @field_validator("content", mode="before")
@@ -112,7 +172,7 @@ def _blocks(value: Any, what: str) -> Any:
 
 class Message(WireModel):
     role: Literal["user", "assistant", "system"]
-    content: list[ContentBlock]
+    content: list[ContentBlock] = Field(max_length=MAX_BLOCKS_PER_MESSAGE)
 
     @field_validator("content", mode="before")
     @classmethod
@@ -120,15 +180,18 @@ class Message(WireModel):
         return _blocks(value, "content")
 
 
+ToolName = Annotated[StrictStr, Field(pattern=TOOL_NAME_PATTERN)]
+
+
 class Tool(WireModel):
-    name: StrictStr = Field(min_length=1)
-    description: StrictStr | None = None
-    input_schema: dict[str, Any]
+    name: ToolName
+    description: StrictStr | None = Field(None, max_length=MAX_TOOL_DESCRIPTION_CHARS)
+    input_schema: Annotated[dict[str, Any], AfterValidator(_bounded_schema)]
 
 
 class ToolChoice(WireModel):
     type: Literal["auto", "any", "tool", "none"]
-    name: StrictStr | None = None
+    name: ToolName | None = None
     disable_parallel_tool_use: StrictBool = False
 
 
@@ -146,9 +209,9 @@ class CountTokensRequest(WireModel):
     """The body of `POST /v1/messages/count_tokens`: a messages request without generation settings."""
 
     model: StrictStr
-    messages: list[Message] = Field(min_length=1)
-    system: list[TextBlock] = []
-    tools: list[Tool] = []
+    messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    system: list[TextBlock] = Field([], max_length=MAX_BLOCKS_PER_MESSAGE)
+    tools: list[Tool] = Field([], max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
     thinking: ThinkingConfig | None = None
 
@@ -165,6 +228,49 @@ class CountTokensRequest(WireModel):
     @property
     def thinking_on(self) -> bool:
         return self.thinking is not None and self.thinking.on
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> CountTokensRequest:
+        blocks = 0
+        for path, model in _models(self):
+            blocks += isinstance(model, _BLOCK_TYPES)
+            for name, value in _free_values(model):
+                try:
+                    depth = _json_depth(value, MAX_VALUE_DEPTH)
+                except ValueError as error:
+                    raise ValueError(f"{_dotted(path, name)}: {error}") from None
+                if depth > MAX_VALUE_DEPTH:
+                    raise ValueError(
+                        f"{_dotted(path, name)}: nests more than {MAX_VALUE_DEPTH} levels deep (the limit "
+                        "for a value)"
+                    )
+        if blocks > MAX_BLOCKS:
+            raise ValueError(f"messages: {blocks} content blocks in all; at most {MAX_BLOCKS} are allowed")
+        return self
+
+    @model_validator(mode="after")
+    def _content_present(self) -> CountTokensRequest:
+        # As the API words it; an empty final assistant turn prefills nothing.
+        last = len(self.messages) - 1
+        for i, message in enumerate(self.messages):
+            if not message.content and not (i == last and message.role == "assistant"):
+                raise ValueError(
+                    f"messages.{i}: all messages must have non-empty content except for the optional final "
+                    "assistant message"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _tool_names_unique(self) -> CountTokensRequest:
+        first: dict[str, int] = {}
+        for i, tool in enumerate(self.tools):
+            if tool.name in first:
+                raise ValueError(
+                    f"tools.{i}.name: '{tool.name}' is also the name of tools.{first[tool.name]}; tool names "
+                    "must be unique"
+                )
+            first[tool.name] = i
+        return self
 
     @model_validator(mode="after")
     def _tool_choice_fits(self) -> CountTokensRequest:
@@ -193,16 +299,24 @@ class MessagesRequest(CountTokensRequest):
 
     max_tokens: StrictInt = Field(ge=0)
     stream: StrictBool = False
-    stop_sequences: list[StrictStr] = []
+    stop_sequences: list[Annotated[StrictStr, Field(max_length=MAX_STOP_SEQUENCE_CHARS)]] = Field(
+        [], max_length=MAX_STOP_SEQUENCES
+    )
     temperature: float | None = Field(default=None, ge=0.0, le=1.0)
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
-    top_k: StrictInt | None = Field(default=None, ge=0)
+    top_k: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_K)
     metadata: dict[str, Any] | None = None
 
     @field_validator("stop_sequences", mode="before")
     @classmethod
     def _no_stops(cls, value: Any) -> Any:
         return [] if value is None else value
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _not_streamed(cls, value: Any) -> Any:
+        # Null is absent, as for every optional field.
+        return False if value is None else value
 
     @model_validator(mode="after")
     def _budget_fits(self) -> MessagesRequest:
@@ -220,14 +334,61 @@ class MessagesRequest(CountTokensRequest):
         return self
 
 
-def ignored_fields(model: BaseModel, prefix: str = "") -> list[str]:
-    """Dotted paths of every field a client sent that the models do not define."""
-    found = [f"{prefix}{name}" for name in model.model_extra or {}]
+_BLOCK_TYPES = (
+    TextBlock,
+    ImageBlock,
+    DocumentBlock,
+    ToolUseBlock,
+    ToolResultBlock,
+    ThinkingBlock,
+    RedactedThinkingBlock,
+    ToolReferenceBlock,
+    SearchResultBlock,
+)
+
+
+def _models(root: BaseModel) -> Iterator[tuple[tuple[str | int, ...], BaseModel]]:
+    """(path, model) for `root` and every model within it, depth first in order; a path holds field names
+    and list positions, and is made into text only for a message."""
+    pending: list[tuple[tuple[str | int, ...], BaseModel]] = [((), root)]
+    while pending:
+        path, model = pending.pop()
+        yield path, model
+        inner = []
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            if isinstance(value, BaseModel):
+                inner.append(((*path, name), value))
+            elif isinstance(value, list):
+                inner += [
+                    ((*path, name, i), item) for i, item in enumerate(value) if isinstance(item, BaseModel)
+                ]
+        pending += reversed(inner)
+
+
+def _free_values(model: BaseModel) -> Iterator[tuple[str, Any]]:
+    """(name, value) of each free-form JSON value in one model: fields typed as any JSON, unknown fields."""
+    yield from (model.model_extra or {}).items()
     for name in type(model).model_fields:
-        value = getattr(model, name)
-        items = value if isinstance(value, list) else [value]
-        for i, item in enumerate(items):
-            if isinstance(item, BaseModel):
-                index = f".{i}" if isinstance(value, list) else ""
-                found += ignored_fields(item, f"{prefix}{name}{index}.")
-    return found
+        if isinstance(value := getattr(model, name), dict):
+            yield name, value
+
+
+def _dotted(path: tuple[str | int, ...], name: str) -> str:
+    return ".".join(map(str, (*path, name)))
+
+
+def check_containers(body: bytes) -> None:
+    """Refuse, before parsing, a body with more arrays and objects than `MAX_BODY_CONTAINERS` (counted by
+    their opening brackets, in a few milliseconds for the largest body)."""
+    containers = body.count(b"[") + body.count(b"{")
+    if containers > MAX_BODY_CONTAINERS:
+        raise invalid_request(
+            f"request body: {containers} arrays and objects (or brackets in strings); at most "
+            f"{MAX_BODY_CONTAINERS} are allowed"
+        )
+
+
+def ignored_fields(model: BaseModel) -> list[str]:
+    """Dotted paths of every field a client sent that the models do not define."""
+    return [_dotted(path, name) for path, inner in _models(model) for name in inner.model_extra or {}]

@@ -1,0 +1,43 @@
+"""Bounds on the work one request may ask of the server, generous for Claude Code; past one, a 400 names it.
+Strings are bounded only by the body limit (`max_body_bytes`, 32 MiB unless configured: a 413 past it)."""
+
+from __future__ import annotations
+
+# Anthropic documents this one: "There is a limit of 100,000 messages in a single request."
+MAX_MESSAGES = 100_000
+
+# Content blocks in one message, in `system`, or in one tool result's own content.
+MAX_BLOCKS_PER_MESSAGE = 10_000
+
+# Content blocks in the whole request: system, messages, and the blocks inside tool and search results.
+MAX_BLOCKS = 100_000
+
+MAX_TOOLS = 1_000
+
+# Anthropic's rule for a tool's name (and so for `tool_choice.name`).
+TOOL_NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,128}$"
+
+MAX_TOOL_DESCRIPTION_CHARS = 256 * 1024
+
+# A tool's `input_schema`: its size serialized as compact JSON, and how many levels its objects and arrays
+# nest (`{"type": "object"}` is one).
+MAX_SCHEMA_BYTES = 256 * 1024
+MAX_SCHEMA_DEPTH = 64
+
+# How deep any other free-form JSON value may nest: tool inputs, block sources, metadata, unknown fields.
+MAX_VALUE_DEPTH = 128
+
+MAX_STOP_SEQUENCES = 256
+MAX_STOP_SEQUENCE_CHARS = 1_000
+
+# Above any vocabulary; the engine treats a `top_k` that keeps the whole vocabulary as no filter.
+MAX_TOP_K = 1_000_000
+
+# Arrays and objects in a whole body, brackets inside strings counted too: the JSON parser holds the
+# interpreter while it works, so ten million empty arrays (within the body limit) would stall every other
+# request and stream for seconds. Claude Code's largest requests hold tens of thousands.
+MAX_BODY_CONTAINERS = 1_000_000
+
+# Not ours to set: pydantic-core's JSON parser refuses a body whose arrays and objects nest deeper (its
+# recursion limit, 200, counts the levels below the top-level object). Depths here count every level.
+MAX_BODY_DEPTH = 201
