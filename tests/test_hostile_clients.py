@@ -26,7 +26,7 @@ MODEL = "tiny"
 CONTEXT = 200_000  # room for a stream that cannot end by itself before the test gives up on it
 KEEP_ALIVE = 2.0
 BODY_TIMEOUT = 2.0
-SETTLED = 30.0  # how long the daemon may take to close or free what a client left behind
+SETTLED = 60.0  # how long the daemon may take to close or free what a client left behind
 
 
 @pytest.fixture(scope="module")
