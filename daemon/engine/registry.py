@@ -274,8 +274,10 @@ class ModelRegistry:
                 served.engine.close()
             # A load in progress (a download may take minutes) is not waited for: the requests waiting on
             # it have ended, and a load that completes finds its engine closed at once. See `loading`.
-            self._loader.shutdown(wait=False, cancel_futures=True)
-            self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+            # Idle workers are joined, so that no thread that ran MLX is still alive at exit.
+            wait = not self.loading
+            self._loader.shutdown(wait=wait, cancel_futures=True)
+            self._prepare_pool.shutdown(wait=wait, cancel_futures=True)
 
     @property
     def loading(self) -> bool:
