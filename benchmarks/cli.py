@@ -110,7 +110,7 @@ def _model(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
 
 
 def _data_dir() -> Path:
-    from daemon.settings import data_dir
+    from daemon.config.settings import data_dir
 
     return data_dir()
 

@@ -21,16 +21,16 @@ from hypercorn.protocol.h11 import H11Protocol
 from quart import Quart, Response, g, request
 
 from daemon import __version__
+from daemon.anthropic.errors import envelope, error_type
 from daemon.api import admin, boundary, errors, health, messages, metrics, models
+from daemon.api.auth import token_checker
 from daemon.api.metrics import Metrics
-from daemon.auth import token_checker
-from daemon.engine.memory import format_bytes
+from daemon.config.logs import current_request, new_request_id
+from daemon.config.settings import Settings, data_dir
+from daemon.config.units import format_bytes
 from daemon.engine.names import NameRule
 from daemon.engine.registry import EngineOptions, ModelRegistry, ModelSpec
 from daemon.engine.runner import EngineLimits
-from daemon.logs import current_request, new_request_id
-from daemon.protocol.errors import envelope, error_type
-from daemon.settings import Settings, data_dir
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
 
 def load_registry(settings: Settings) -> ModelRegistry:
     """The configured models (none loaded yet), or the demo model when none is configured."""
+    from daemon.config.settings import default_config_path
     from daemon.engine.demo_model import ensure_demo_model
-    from daemon.settings import default_config_path
 
     specs = [
         ModelSpec(

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import httpx
 from hypothesis import strategies as st
 
-from daemon.protocol.errors import error_type
-from daemon.protocol.limits import MAX_TOP_K
+from daemon.anthropic.errors import error_type
+from daemon.chat.limits import MAX_TOP_K
 from daemon.server import MAX_HEADER_BYTES
 
 # What any response may be; 431 (with the envelope, from the HTTP layer) for a request head too large.

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from daemon.engine.demo_model import ModelShape, build_model
-from daemon.engine.memory import weight_bytes
+from daemon.store.files import weight_bytes
 from tests.conftest import MODELS, RunningServer
 
 ZOO = MODELS / "zoo-v1"

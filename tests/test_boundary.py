@@ -16,10 +16,10 @@ import httpx
 import pytest
 from quart import Quart
 
-from daemon.auth import OPEN_ROUTES
+from daemon.api.auth import OPEN_ROUTES
+from daemon.config.settings import Settings, SettingsError, load_settings
+from daemon.config.tokens import write_token
 from daemon.server import create_app, load_registry
-from daemon.settings import Settings, SettingsError, load_settings
-from daemon.tokens import write_token
 from tests.conftest import RunningServer, run_server, server_env
 
 pytestmark = pytest.mark.anyio

@@ -10,8 +10,8 @@ import pytest
 from mlx_lm.tokenizer_utils import load as load_tokenizer
 from mlx_lm.tool_parsers import mistral, qwen3_coder
 
+from daemon.chat.events import BlockDelta, BlockStart, BlockStop
 from daemon.engine.decoder import OutputDecoder, StopMatcher
-from daemon.engine.events import BlockDelta, BlockStart, BlockStop
 from daemon.engine.prompt import Prompt
 from daemon.engine.tools import GENERIC_FORMAT, GENERIC_START, ToolFormat, model_format
 

@@ -1,4 +1,4 @@
-"""Bad input and the bounds of `daemon.protocol.limits` over the wire: a 400 envelope naming the field or the
+"""Bad input and the bounds of `daemon.chat.limits` over the wire: a 400 envelope naming the field or the
 bound, the server serving on; a request just within every bound is accepted."""
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.protocol.limits import (
+from daemon.anthropic.requests import MessagesRequest, check_containers
+from daemon.chat.limits import (
     MAX_BLOCKS,
     MAX_BLOCKS_PER_MESSAGE,
     MAX_BODY_CONTAINERS,
@@ -25,7 +26,6 @@ from daemon.protocol.limits import (
     MAX_TOP_K,
     MAX_VALUE_DEPTH,
 )
-from daemon.protocol.requests import MessagesRequest, check_containers
 from tests.conftest import RunningServer, run_server
 
 MODEL = "tiny"

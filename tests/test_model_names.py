@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.engine.memory import NoRoom, Resident, format_bytes, plan_room
+from daemon.config.settings import ModelConfig, SettingsError, load_settings
+from daemon.config.units import format_bytes
+from daemon.engine.memory import NoRoom, Resident, plan_room
 from daemon.engine.names import ModelNames, NameRule, tier_rules
-from daemon.settings import ModelConfig, SettingsError, load_settings
 
 MiB = 2**20
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from daemon.engine.memory import format_bytes
+from daemon.config.units import format_bytes
 from tests.conftest import RunningServer, run_server, server_env
 from tests.fake_hub import serve_hub
 from tests.model_zoo import ask, config_toml, ps, served_by, size, wait_for, zoo

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from daemon.anthropic.requests import CountTokensRequest
 from daemon.engine.prompt import chat_messages, tool_definitions
-from daemon.protocol.requests import CountTokensRequest
 
 
 def request(**body) -> CountTokensRequest:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from daemon.engine.events import BlockDelta, BlockStart, BlockStop, Failed, Finished, Usage
-from daemon.protocol.stream import MessageStream, assemble, encode_sse, thinking_signature
+from daemon.anthropic.stream import MessageStream, assemble, encode_sse, thinking_signature
+from daemon.chat.events import BlockDelta, BlockStart, BlockStop, Failed, Finished, Usage
 
 
 def run(stream: MessageStream, events) -> list[dict]:

@@ -17,10 +17,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from daemon.cli import main
+from daemon.config.settings import Settings, default_config_path, default_token_path
 from daemon.service.launchd import TEMPLATE
 from daemon.service.spec import ServiceSpec
 from daemon.service.systemd import render_unit
-from daemon.settings import Settings, default_config_path, default_token_path
 from tests.conftest import MLXD, free_port, run_server
 
 # A home folder whose name needs escaping in XML (& <), in unit files (% $ " \) and in shells (space ').

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.settings import Settings, SettingsError, load_settings
+from daemon.config.settings import Settings, SettingsError, load_settings
 
 
 def test_layers_win_in_order(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from benchmarks import servers
 from benchmarks.client import BenchError, Endpoint
 from benchmarks.models import SHAPES, default_shape, ensure_model
 from benchmarks.plan import PLANS
-from daemon.settings import data_dir
+from daemon.config.settings import data_dir
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 MODEL_NAME = "soak"

@@ -9,10 +9,10 @@ from dataclasses import asdict
 
 from quart import Blueprint, current_app
 
+from daemon.anthropic.errors import ApiError
 from daemon.api.models import not_found
 from daemon.engine.memory import NoRoom, active_memory
 from daemon.engine.registry import ModelLoadError, ModelRegistry, ServedModel
-from daemon.protocol.errors import ApiError
 
 blueprint = Blueprint("admin", __name__)
 

@@ -13,8 +13,8 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from quart import Quart, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from daemon.protocol.errors import ApiError, invalid_request
-from daemon.settings import Settings, host_name, is_loopback
+from daemon.anthropic.errors import ApiError, invalid_request
+from daemon.config.settings import Settings, host_name, is_loopback
 
 # A Host header: a name or dotted address, or a bracketed IPv6 address, and an optional port.
 _HOST = re.compile(r"(?:\[(?P<ipv6>[0-9a-f:.]+)\]|(?P<name>[a-z0-9._-]+))(?::\d{1,5})?")

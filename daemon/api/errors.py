@@ -7,7 +7,7 @@ import logging
 from quart import Quart, Response, current_app, g, jsonify
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, RequestTimeout
 
-from daemon.protocol.errors import ApiError, envelope, error_type
+from daemon.anthropic.errors import ApiError, envelope, error_type
 
 log = logging.getLogger(__name__)
 

@@ -11,15 +11,15 @@ from typing import TypeVar
 from pydantic import ValidationError
 from quart import Blueprint, Response, current_app, g, request
 
+from daemon.anthropic.errors import ApiError, from_validation_error, invalid_request
+from daemon.anthropic.requests import CountTokensRequest, MessagesRequest, check_containers, ignored_fields
+from daemon.anthropic.stream import PING, MessageStream, assemble, encode_sse
 from daemon.api.metrics import Metrics
 from daemon.api.models import served_model
-from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
+from daemon.chat.events import Failed, Finished, GenerationEvent, Usage
 from daemon.engine.prompt import Prompt
 from daemon.engine.runner import GenerationJob, Overloaded
 from daemon.engine.sampling import resolve
-from daemon.protocol.errors import ApiError, from_validation_error, invalid_request
-from daemon.protocol.requests import CountTokensRequest, MessagesRequest, check_containers, ignored_fields
-from daemon.protocol.stream import PING, MessageStream, assemble, encode_sse
 
 log = logging.getLogger(__name__)
 blueprint = Blueprint("messages", __name__)

@@ -9,7 +9,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from quart import Blueprint, Response, current_app
 
-from daemon.engine.events import Finished
+from daemon.chat.events import Finished
 from daemon.engine.registry import ModelRegistry
 
 blueprint = Blueprint("metrics", __name__)

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 
 from quart import Blueprint, current_app, request
 
+from daemon.anthropic.errors import ApiError, invalid_request
 from daemon.engine.memory import NoRoom
 from daemon.engine.names import TIER_IDS
 from daemon.engine.registry import ModelLoadError, ModelRegistry, ServedModel
-from daemon.protocol.errors import ApiError, invalid_request
 
 blueprint = Blueprint("models", __name__)
 

@@ -6,17 +6,17 @@ from pathlib import Path
 
 import click
 
-from daemon.claude_check import run_checks
-from daemon.claude_setup import (
+from daemon.cli.common import config_option, reported, url_option
+from daemon.client.claude_check import run_checks
+from daemon.client.claude_setup import (
     claude_env,
     claude_settings_path,
     export_lines,
     served_models,
     write_claude_settings,
 )
-from daemon.cli.common import config_option, reported, url_option
-from daemon.client import DaemonClient, base_url
-from daemon.settings import load_settings
+from daemon.client.http import DaemonClient, base_url
+from daemon.config.settings import load_settings
 
 
 @click.command()

@@ -11,13 +11,13 @@ from urllib.parse import urlsplit
 
 import click
 
-from daemon.claude_setup import ClaudeSetupError
-from daemon.client import DEFAULT_TIMEOUT, DaemonClient, base_url
-from daemon.model_admin import AdminError
-from daemon.model_store import ModelStoreError
+from daemon.client.admin import AdminError
+from daemon.client.claude_setup import ClaudeSetupError
+from daemon.client.http import DEFAULT_TIMEOUT, DaemonClient, base_url
+from daemon.config.settings import DEFAULT_PORT, SettingsError, default_config_path, load_settings
+from daemon.config.tokens import TokenError
 from daemon.service.common import ServiceError
-from daemon.settings import DEFAULT_PORT, SettingsError, default_config_path, load_settings
-from daemon.tokens import TokenError
+from daemon.store.inventory import ModelStoreError
 
 # Errors a user can act on: one line on stderr and exit code 1, instead of a traceback.
 USER_ERRORS = (SettingsError, ServiceError, TokenError, ClaudeSetupError, ModelStoreError, AdminError)

@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from daemon.cli.common import config_option, daemon_client, reported, url_option
-from daemon.engine.memory import format_bytes
-from daemon.model_admin import LOAD_TIMEOUT, ps_lines
-from daemon.model_admin import load as load_in_daemon
-from daemon.model_admin import unload as unload_from_daemon
-from daemon.model_store import describe, inventory_lines, pull, remove, source_of
-from daemon.settings import load_settings
+from daemon.client.admin import LOAD_TIMEOUT, ps_lines
+from daemon.client.admin import load as load_in_daemon
+from daemon.client.admin import unload as unload_from_daemon
+from daemon.config.settings import load_settings
+from daemon.config.units import format_bytes
+from daemon.store.inventory import describe, inventory_lines, pull, remove, source_of
 
 
 @click.command()

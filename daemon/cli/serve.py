@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from daemon.logs import configure as configure_logging
-from daemon.settings import DEFAULT_PORT, SettingsError, default_config_path, load_settings
+from daemon.config.logs import configure as configure_logging
+from daemon.config.settings import DEFAULT_PORT, SettingsError, default_config_path, load_settings
 
 
 @click.command()

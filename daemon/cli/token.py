@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from daemon.cli.common import config_option, reported
-from daemon.settings import load_settings
-from daemon.tokens import rotate_token, token_path
+from daemon.config.settings import load_settings
+from daemon.config.tokens import rotate_token, token_path
 
 
 @click.group()

@@ -12,8 +12,8 @@ from typing import Any
 
 from mlx_lm.generate import TextStateMachine
 
+from daemon.chat.events import BlockDelta, BlockKind, BlockStart, BlockStop, GenerationEvent
 from daemon.engine.call_stream import CallReader, reader_for
-from daemon.engine.events import BlockDelta, BlockKind, BlockStart, BlockStop, GenerationEvent
 from daemon.engine.prompt import Prompt
 from daemon.engine.tools import GENERIC_START, ToolFormat, coerce_argument
 

@@ -3,12 +3,10 @@ under the memory budget, and handing memory back after an unload."""
 
 from __future__ import annotations
 
-import fnmatch
 import gc
 from dataclasses import dataclass
-from pathlib import Path
 
-from daemon.engine.model import WEIGHT_FILES, local_path
+from daemon.config.units import format_bytes
 
 
 class NoRoom(Exception):
@@ -63,26 +61,6 @@ def plan_room(name: str, needed: int, budget: int, residents: list[Resident]) ->
     )
 
 
-def weight_bytes(path: Path) -> int:
-    """The size of a model folder's weight files (through the Hugging Face cache's links)."""
-    return sum(file.stat().st_size for file in path.glob(WEIGHT_FILES))
-
-
-def estimate_weight_bytes(source: str) -> int | None:
-    """A model's weight size before it is loaded: from its files when they are here, else from the file
-    listing the Hugging Face cache keeps of a repo whose weights are not downloaded yet; None if unknown."""
-    path = local_path(source)
-    if path is not None:
-        return weight_bytes(path)
-    try:
-        from huggingface_hub import get_cached_repo_tree
-
-        listing = get_cached_repo_tree(source)
-    except Exception:  # best effort: no listing cached, or a hub library without one; the load will tell
-        return None
-    return sum(f.size for f in listing if fnmatch.fnmatch(f.path, WEIGHT_FILES)) or None
-
-
 def release_memory() -> None:
     """Hand the memory of dropped arrays back: collect them now, then empty MLX's buffer cache, which
     would otherwise keep their buffers for reuse."""
@@ -97,12 +75,3 @@ def active_memory() -> int:
     import mlx.core as mx
 
     return mx.get_active_memory()
-
-
-def format_bytes(count: int) -> str:
-    size, unit = float(count), "B"
-    for bigger in ("KiB", "MiB", "GiB", "TiB"):
-        if size < 1024:
-            break
-        size, unit = size / 1024, bigger
-    return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from daemon.engine.events import Failed
+from daemon.chat.events import Failed
 from daemon.engine.memory import release_memory
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.runner import SHUTTING_DOWN, Engine, EngineLimits, GenerationJob, Overloaded

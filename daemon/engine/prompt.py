@@ -15,15 +15,7 @@ from typing import Any
 from jinja2 import TemplateError
 from mlx_lm.utils import common_prefix_len
 
-from daemon.engine.tools import (
-    GENERIC_END,
-    GENERIC_FORMAT,
-    GENERIC_START,
-    ToolFormat,
-    generic_instructions,
-    model_format,
-)
-from daemon.protocol.requests import (
+from daemon.anthropic.requests import (
     CountTokensRequest,
     DocumentBlock,
     ImageBlock,
@@ -36,6 +28,14 @@ from daemon.protocol.requests import (
     ToolReferenceBlock,
     ToolResultBlock,
     ToolUseBlock,
+)
+from daemon.engine.tools import (
+    GENERIC_END,
+    GENERIC_FORMAT,
+    GENERIC_START,
+    ToolFormat,
+    generic_instructions,
+    model_format,
 )
 
 log = logging.getLogger(__name__)

@@ -17,29 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.engine.memory import (
-    NoRoom,
-    Resident,
-    estimate_weight_bytes,
-    format_bytes,
-    plan_room,
-    weight_bytes,
-)
-from daemon.engine.model import (
-    PreparedModel,
-    load_weights,
-    local_path,
-    prepare_model,
-    resolve_path,
-    stated_context_length,
-)
+from daemon.anthropic.requests import CountTokensRequest
+from daemon.config.units import format_bytes
+from daemon.engine.memory import NoRoom, Resident, plan_room
+from daemon.engine.model import PreparedModel, load_weights, prepare_model
 from daemon.engine.names import ModelNames, NameRule, tier_rules
 from daemon.engine.ondemand import OnDemandEngine
 from daemon.engine.prompt import Prompt, render
 from daemon.engine.prompt_cache import Persistence, PromptCache
 from daemon.engine.reuse import Part, request_parts
 from daemon.engine.runner import Engine, EngineLimits
-from daemon.protocol.requests import CountTokensRequest
+from daemon.store.files import (
+    estimate_weight_bytes,
+    local_path,
+    resolve_path,
+    stated_context_length,
+    weight_bytes,
+)
 
 log = logging.getLogger(__name__)
 

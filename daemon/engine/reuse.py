@@ -8,8 +8,8 @@ import json
 import logging
 from collections import deque
 
+from daemon.anthropic.requests import CountTokensRequest
 from daemon.engine.prompt import BILLING_HEADER
-from daemon.protocol.requests import CountTokensRequest
 
 log = logging.getLogger(__name__)
 

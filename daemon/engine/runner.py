@@ -17,16 +17,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from daemon.chat.events import Failed, Finished, GenerationEvent, Usage
+from daemon.config.logs import current_request
 from daemon.engine.constraints import ThinkingBudget, ban
 from daemon.engine.decoder import OutputDecoder
-from daemon.engine.events import Failed, Finished, GenerationEvent, Usage
 from daemon.engine.guards import guard_processor, guard_sampler, reset_random_state
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt import Prompt
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.reuse import Part, ReuseMonitor
 from daemon.engine.sampling import SamplingParams
-from daemon.logs import current_request
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from daemon.config.settings import Settings, load_settings
+from daemon.config.tokens import ensure_token
 from daemon.service.common import ServiceBackend
 from daemon.service.spec import ServiceSpec, build_spec, ensure_config, prepare_folders
-from daemon.settings import Settings, load_settings
-from daemon.tokens import ensure_token
 
 
 def service_settings(spec: ServiceSpec) -> Settings:

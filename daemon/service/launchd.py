@@ -10,7 +10,7 @@ import time
 from importlib.resources import files
 from pathlib import Path
 
-from daemon.atomic_write import write_atomically
+from daemon.config.atomic_write import write_atomically
 from daemon.service.common import ServiceError, require_installed, run_tool
 from daemon.service.spec import ServiceSpec
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.config.settings import data_dir
 from daemon.service.common import ServiceError
-from daemon.settings import data_dir
 
 # Variables of the installing shell that the service needs to find the same files: the Hugging Face cache
 # (models downloaded from the shell are not downloaded again) and mlxd's own folders when moved.

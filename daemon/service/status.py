@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.client import DaemonClient, DaemonUnreachable, base_url
+from daemon.client.http import DaemonClient, DaemonUnreachable, base_url
+from daemon.config.settings import SettingsError
 from daemon.service.common import ServiceBackend
 from daemon.service.install import service_settings
 from daemon.service.spec import ServiceSpec
-from daemon.settings import SettingsError
 
 
 @dataclass(frozen=True)

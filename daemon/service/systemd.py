@@ -8,7 +8,7 @@ import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
-from daemon.atomic_write import write_atomically
+from daemon.config.atomic_write import write_atomically
 from daemon.service.common import ServiceError, require_installed, run_tool
 from daemon.service.spec import ServiceSpec
 

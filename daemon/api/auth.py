@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from quart import request
 
-from daemon.protocol.errors import ApiError
+from daemon.anthropic.errors import ApiError
 
 # Probes that must answer without a token: health checks, and Claude Code's reachability HEADs.
 OPEN_ROUTES = {("GET", "/health"), ("HEAD", "/health"), ("HEAD", "/"), ("HEAD", "/api/hello")}

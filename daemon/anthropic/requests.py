@@ -1,5 +1,5 @@
 """The Messages API request bodies as pydantic models: what a client may send, validated as the API does,
-within the bounds of `daemon.protocol.limits`.
+within the bounds of `daemon.chat.limits`.
 
 Unknown fields are accepted everywhere (clients such as Claude Code send beta fields freely) and reported
 through `ignored_fields` so the server can log them once at DEBUG.
@@ -24,8 +24,8 @@ from pydantic import (
 )
 from pydantic_core import to_json
 
-from daemon.protocol.errors import invalid_request
-from daemon.protocol.limits import (
+from daemon.anthropic.errors import invalid_request
+from daemon.chat.limits import (
     MAX_BLOCKS,
     MAX_BLOCKS_PER_MESSAGE,
     MAX_BODY_CONTAINERS,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from daemon.settings import Settings
+from daemon.config.settings import Settings
 
 # Long enough for a real model's first prefill of a Claude Code sized prompt.
 DEFAULT_TIMEOUT = 300.0

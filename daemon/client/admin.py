@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
-from daemon.client import DaemonClient, DaemonUnreachable
-from daemon.engine.memory import format_bytes
-from daemon.text_table import duration, table
+from daemon.cli.format import duration, table
+from daemon.client.http import DaemonClient, DaemonUnreachable
+from daemon.config.units import format_bytes
 
 # Loading may include downloading the weights.
 LOAD_TIMEOUT = 3600.0

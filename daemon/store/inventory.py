@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from daemon.engine.memory import format_bytes, weight_bytes
-from daemon.engine.model import WEIGHT_FILES, context_length_of, download_patterns, local_path
-from daemon.settings import Settings
-from daemon.text_table import table
+from daemon.cli.format import table
+from daemon.config.settings import Settings
+from daemon.config.units import format_bytes
+from daemon.store.files import WEIGHT_FILES, context_length_of, download_patterns, local_path, weight_bytes
 
 
 class ModelStoreError(Exception):

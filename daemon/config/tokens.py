@@ -6,8 +6,8 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from daemon.atomic_write import write_atomically
-from daemon.settings import Settings, default_token_path
+from daemon.config.atomic_write import write_atomically
+from daemon.config.settings import Settings, default_token_path
 
 
 class TokenError(Exception):

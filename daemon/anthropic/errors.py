@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from daemon.protocol.limits import MAX_BODY_DEPTH
+from daemon.chat.limits import MAX_BODY_DEPTH
 
 ERROR_TYPES = {
     400: "invalid_request_error",

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
-from daemon.engine.events import (
+from daemon.anthropic.errors import envelope
+from daemon.chat.events import (
     BlockDelta,
     BlockStart,
     BlockStop,
@@ -24,7 +25,6 @@ from daemon.engine.events import (
     Started,
     Usage,
 )
-from daemon.protocol.errors import envelope
 
 Event = dict[str, Any]
 

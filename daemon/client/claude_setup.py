@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.atomic_write import write_atomically
-from daemon.client import DaemonClient, DaemonUnreachable
+from daemon.client.http import DaemonClient, DaemonUnreachable
+from daemon.config.atomic_write import write_atomically
+from daemon.config.settings import Settings
 from daemon.engine.names import HAIKU_TIER_ID
-from daemon.settings import Settings
 
 # Claude Code needs some credential; with auth off the daemon accepts any, so this placeholder says why.
 NO_AUTH_PLACEHOLDER = "mlxd-auth-is-off"

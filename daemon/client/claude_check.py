@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.client import DaemonClient, DaemonUnreachable, Reply, ServerEvent
+from daemon.client.http import DaemonClient, DaemonUnreachable, Reply, ServerEvent
 
 CLAUDE_CODE_HEADERS = {
     "anthropic-version": "2023-06-01",

@@ -1,0 +1,106 @@
+"""A model's files on this machine: where its folder is (a local folder, or a snapshot in the Hugging Face
+cache), which files mlx-lm reads, and the facts read from them without loading anything."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Where a model's config may state its context length, most specific first.
+_CONTEXT_KEYS = ("max_position_embeddings", "max_sequence_length", "max_seq_len", "n_positions", "seq_length")
+FALLBACK_CONTEXT = 4096
+WEIGHT_FILES = "model*.safetensors"  # what mlx-lm loads weights from
+
+
+def resolve_path(source: str, *, weights: bool = True) -> Path:
+    """A local model folder as it is, or a Hugging Face repo id fetched into (or found in) its cache; with
+    `weights=False` only the tokenizer and config files are fetched."""
+    local = Path(source).expanduser()
+    if local.exists():
+        return local
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, allow_patterns=download_patterns(weights=weights)))
+
+
+def local_path(source: str) -> Path | None:
+    """A model's folder on this machine, without downloading: a local folder as it is, or a repo's complete
+    snapshot in the Hugging Face cache; None when there is neither."""
+    local = Path(source).expanduser()
+    if local.exists():
+        return local
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, local_files_only=True, allow_patterns=download_patterns()))
+    except (OSError, ValueError):  # not cached, cached in part, or not a repo id at all
+        return None
+
+
+def download_patterns(*, weights: bool = True) -> list[str]:
+    """The files of a repo that mlx-lm uses, without the weights when `weights` is False."""
+    from mlx_lm.utils import DEFAULT_ALLOW_PATTERNS
+
+    return [p for p in DEFAULT_ALLOW_PATTERNS if weights or not p.endswith(".safetensors")]
+
+
+def fingerprint(path: Path) -> str:
+    """Identifies a model's weights and tokenizer without reading the weights: what a saved KV cache must
+    match to be reused."""
+    digest = hashlib.sha256()
+    for file in sorted(path.iterdir()):
+        if file.suffix == ".safetensors" or file.name in ("config.json", "tokenizer.json"):
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
+
+
+def stated_context_length(path: Path) -> int | None:
+    """The context length in a model folder's config, without loading anything; None if unreadable."""
+    config = read_json(path / "config.json")
+    return context_length_of(config) if config else None
+
+
+def context_length_of(config: dict[str, Any]) -> int:
+    for section in (config, config.get("text_config") or {}):
+        for key in _CONTEXT_KEYS:
+            if isinstance(section.get(key), int):
+                return section[key]
+    log.warning("the model's config states no context length; assuming %d tokens", FALLBACK_CONTEXT)
+    return FALLBACK_CONTEXT
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        log.warning("ignoring %s: %s", path, error)
+        return {}
+
+
+def weight_bytes(path: Path) -> int:
+    """The size of a model folder's weight files (through the Hugging Face cache's links)."""
+    return sum(file.stat().st_size for file in path.glob(WEIGHT_FILES))
+
+
+def estimate_weight_bytes(source: str) -> int | None:
+    """A model's weight size before it is loaded: from its files when they are here, else from the file
+    listing the Hugging Face cache keeps of a repo whose weights are not downloaded yet; None if unknown."""
+    path = local_path(source)
+    if path is not None:
+        return weight_bytes(path)
+    try:
+        from huggingface_hub import get_cached_repo_tree
+
+        listing = get_cached_repo_tree(source)
+    except Exception:  # best effort: no listing cached, or a hub library without one; the load will tell
+        return None
+    return sum(f.size for f in listing if fnmatch.fnmatch(f.path, WEIGHT_FILES)) or None
