@@ -28,9 +28,9 @@ from daemon.api.metrics import Metrics
 from daemon.config.logs import current_request, new_request_id
 from daemon.config.settings import Settings, data_dir
 from daemon.config.units import format_bytes
+from daemon.engine.jobs import EngineLimits
 from daemon.engine.names import NameRule
 from daemon.engine.registry import EngineOptions, ModelRegistry, ModelSpec
-from daemon.engine.runner import EngineLimits
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,9 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
     # No static folder: Quart would otherwise serve files from `./static` of whatever folder mlxd started in.
     app = Quart("mlxd", static_folder=None)
     # Werkzeug would answer a `//` in a path (a model id beginning with `/`) with an HTML redirect to the
-    # merged path, not an envelope; unmerged, no route matches and the answer is a 404 envelope.
+    # merged path, not an envelope; unmerged, the model-id converter takes the id whole.
     app.url_map.merge_slashes = False
+    app.url_map.converters["model_id"] = models.ModelIdConverter
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         RESPONSE_TIMEOUT=None,  # streams last as long as generation does
@@ -63,6 +64,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         MLXD_METRICS=Metrics(registry),
         MLXD_PING_INTERVAL=settings.ping_interval,
         MLXD_STREAM_BUFFER_EVENTS=settings.stream_buffer_events,
+        MLXD_STRIP_BILLING_HEADER=settings.strip_billing_header,
         MLXD_STARTED=time.monotonic(),
     )
 
@@ -113,7 +115,6 @@ def load_registry(settings: Settings) -> ModelRegistry:
         prompt_cache_bytes=settings.prompt_cache_bytes,
         saved_cache_dir=settings.saved_cache_dir,
         saved_cache_bytes=settings.prompt_cache_save_bytes,
-        strip_billing_header=settings.strip_billing_header,
     )
     return ModelRegistry(
         specs,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.settings import ModelConfig, SettingsError, load_settings
+from daemon.config.settings import ModelConfig, SettingsError, is_repo_id, load_settings
 from daemon.config.units import format_bytes
 from daemon.engine.memory import NoRoom, Resident, plan_room
 from daemon.engine.names import ModelNames, NameRule, tier_rules
@@ -164,3 +164,79 @@ def test_the_readme_config_example_is_valid(tmp_path: Path) -> None:
     settings = load_settings({"config": write(tmp_path, example)}, {})
     assert [m.name for m in settings.served_models()] == ["qwen-coder", "qwen-small", "local"]
     assert settings.small_model == "qwen-small" and settings.memory_budget == 24_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("source", "name"),
+    [
+        ("/x/y/qwen3-mini", "qwen3-mini"),
+        ("./models/coder/", "coder"),
+        ("~/models/small", "small"),
+        ("models/qwen/4bit", "4bit"),  # two slashes: no repo id, so a folder
+    ],
+)
+def test_a_local_folder_is_served_by_its_folder_name_and_found_by_its_source(
+    tmp_path: Path, source: str, name: str
+) -> None:
+    settings = load_settings({"model": source}, {"MLXD_CONFIG_DIR": str(tmp_path)})
+    assert settings.served_models() == [ModelConfig(name=name, source=source, aliases=(source,))]
+    assert settings.served_name == name
+
+
+def test_a_repo_id_or_a_given_name_is_the_id_as_given(tmp_path: Path) -> None:
+    env = {"MLXD_CONFIG_DIR": str(tmp_path)}
+    repo = "mlx-community/Qwen3-4B-4bit"
+    assert load_settings({"model": repo}, env).served_models() == [ModelConfig(name=repo, source=repo)]
+    named = load_settings({"model": "/x/y/m", "model_name": "local"}, env)
+    assert named.served_models() == [ModelConfig(name="local", source="/x/y/m")]
+
+
+def test_a_folder_name_a_configured_model_has_asks_for_model_name(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="set model_name") as error:
+        load_settings({"config": write(tmp_path, MODELS), "model": "/elsewhere/coder"}, {})
+    assert "/elsewhere/coder" in str(error.value) and "'coder'" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("flags", "text", "problem"),
+    [
+        ({"model_name": "//x"}, "", "model_name: '//x' cannot be a model id"),
+        ({}, '[[models]]\nname = "/"\nsource = "org/m"\n', "models.0.name: '/' cannot be a model id"),
+        ({}, '[[models]]\nname = "m"\nsource = "org/m"\naliases = ["//m"]\n', "models.0.aliases"),
+    ],
+)
+def test_ids_no_models_url_can_name_are_refused(tmp_path: Path, flags: dict, text: str, problem: str) -> None:
+    with pytest.raises(SettingsError, match="invalid settings") as error:
+        load_settings({"config": write(tmp_path, text), **flags}, {})
+    assert problem in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "gpt2",
+        "mlx-community/Qwen3-4B-Instruct-2507-4bit",
+        "org/name.v2",
+        "/abs/path",
+        "./relative",
+        "~/models/m",
+        "models/qwen/4bit",
+        "org//name",
+        "org/-name",
+        "org--x/name",
+        "org/a..b",
+        "org/name.git",
+        "café/model",
+        "my model",
+        "org/" + "n" * 97,
+    ],
+)
+def test_repo_ids_are_told_from_local_folders_as_the_hub_tells_them(source: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(source)
+        hub_accepts = True
+    except HFValidationError:
+        hub_accepts = False
+    assert is_repo_id(source) == hub_accepts

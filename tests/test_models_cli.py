@@ -3,6 +3,7 @@ daemon (ps, load, unload through the authenticated admin routes)."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from tests.conftest import MLXD, free_port, run_server, server_env
 from tests.fake_hub import serve_hub
-from tests.model_zoo import config_toml, wait_for, zoo
+from tests.model_zoo import ask, config_toml, wait_for, zoo
 
 REPO = "test-org/tiny"
 
@@ -21,6 +22,24 @@ def mlxd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def hub_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
     return {**server_env(tmp_path, HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf")), "HF_HUB_OFFLINE": "0"}
+
+
+PS_COLUMNS = ("MODEL", "STATE", "WEIGHTS", "KV CACHE", "IDLE", "IN FLIGHT", "SERVED", "UNLOADS")
+
+
+def ps_columns(output: str) -> dict[str, dict[str, str]]:
+    """`mlxd ps`'s table: each model's cells by column header, cut where the headers begin."""
+    header, *lines = output.splitlines()
+    starts = [header.index(column) for column in PS_COLUMNS]
+    rows = lines[: next(i for i, line in enumerate(lines) if line.startswith("weights loaded: "))]
+    cells = [
+        {
+            column: row[start:end].strip()
+            for column, start, end in zip(PS_COLUMNS, starts, [*starts[1:], None], strict=True)
+        }
+        for row in rows
+    ]
+    return {row["MODEL"]: row for row in cells}
 
 
 def test_pull_list_info_and_rm(tmp_path: Path) -> None:
@@ -135,7 +154,7 @@ def test_ps_load_and_unload_against_the_running_daemon(tiny_model: Path, tmp_pat
         url = ("--url", server.url)
         wait_for(lambda: "endless  loaded" in mlxd(env, "ps", *url).stdout, "the pinned model loads at start")
         table = mlxd(env, "ps", *url).stdout.splitlines()
-        assert table[0].split() == ["MODEL", "STATE", "WEIGHTS", "KV", "CACHE", "IDLE", "REQUESTS", "UNLOADS"]
+        assert re.split(r"\s{2,}", table[0]) == list(PS_COLUMNS)  # cells are two or more spaces apart
         assert table[1].split()[:3] == ["alpha", "unloaded", "-"] and table[1].endswith("after 10m idle")
         assert table[3].endswith("never (pinned)")
         assert table[4].startswith("weights loaded: ") and "budget; MLX holds" in table[4]
@@ -160,8 +179,17 @@ def test_ps_load_and_unload_against_the_running_daemon(tiny_model: Path, tmp_pat
             lines = response.iter_lines()
             next(line for line in lines if line == "event: content_block_delta")
             busy = mlxd(env, "models", "unload", "endless", *url)
+            during = ps_columns(mlxd(env, "ps", *url).stdout)["endless"]
             assert "event: message_stop" in list(lines)
         assert busy.returncode == 1 and "model endless is in use (1 requests)" in busy.stderr
+        assert (during["IN FLIGHT"], during["SERVED"]) == ("1", "1")
+        assert ask(server, "endless").status_code == 200
+        after = ps_columns(mlxd(env, "ps", *url).stdout)
+        assert (after["endless"]["IN FLIGHT"], after["endless"]["SERVED"]) == ("0", "2")
+        assert (after["beta"]["IN FLIGHT"], after["beta"]["SERVED"]) == ("0", "0")  # loaded, never asked
+        with server.http() as http:
+            served = {m["name"]: m["requests_served"] for m in http.get("/v1/admin/ps").json()["models"]}
+        assert served == {"alpha": 0, "beta": 0, "endless": 2}
 
         unknown = mlxd(env, "models", "load", "nope", *url)
         assert unknown.returncode == 1 and "model: nope (available: alpha, beta, endless" in unknown.stderr
@@ -169,6 +197,23 @@ def test_ps_load_and_unload_against_the_running_daemon(tiny_model: Path, tmp_pat
         assert refused.returncode == 1 and "the daemon refused the token" in refused.stderr
     stopped = mlxd(env, "ps", "--url", f"http://127.0.0.1:{free_port()}")
     assert stopped.returncode == 1 and "mlxd is not running at" in stopped.stderr
+
+
+def test_info_describes_the_demo_model_by_the_name_it_is_served_as(tmp_path: Path) -> None:
+    env = server_env(tmp_path)
+    for args in (["demo"], []):  # without MODEL: the main model, here the demo one
+        info = mlxd(env, "models", "info", *args)
+        assert info.returncode == 0, info.stderr
+        facts = {
+            label: value.strip() for label, value in (line.split(":", 1) for line in info.stdout.splitlines())
+        }
+        assert Path(facts["path"]).parent == tmp_path / "data" / "models"
+        assert facts["architecture"] == "qwen3, Qwen3ForCausalLM" and facts["chat template"] == "yes"
+    named = mlxd({**env, "MLXD_MODEL_NAME": "house"}, "models", "info", "house")
+    assert named.returncode == 0 and named.stdout == info.stdout
+    assert mlxd(env, "models", "info", "house").returncode == 1  # not a name of the demo model here
+    gone = mlxd(env, "models", "info", str(tmp_path / "gone"))
+    assert gone.returncode == 1 and f"no folder {tmp_path / 'gone'} " in gone.stderr
 
 
 @pytest.mark.parametrize(

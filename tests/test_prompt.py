@@ -1,13 +1,17 @@
-"""Anthropic messages to chat-template messages, on literal requests."""
+"""Anthropic messages to chat-template messages, on literal requests translated to chat requests."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from daemon.anthropic.requests import CountTokensRequest
+from daemon.anthropic.translate import to_chat
+from daemon.chat.request import ChatRequest
 from daemon.engine.prompt import chat_messages, tool_definitions
 
 
-def request(**body) -> CountTokensRequest:
-    return CountTokensRequest.model_validate({"model": "m", **body})
+def request(**body: Any) -> ChatRequest:
+    return to_chat(CountTokensRequest.model_validate({"model": "m", **body}))
 
 
 def test_agent_history_becomes_tool_calls_and_tool_messages() -> None:
@@ -77,3 +81,11 @@ def test_tools_take_the_template_form() -> None:
             "function": {"name": "Read", "description": "Reads.", "parameters": {"type": "object"}},
         }
     ]
+
+
+def test_a_turn_with_nothing_to_show_still_takes_its_place() -> None:
+    # Found by the fuzz: a user turn of only redacted thinking left no messages to render at all.
+    converted = chat_messages(
+        request(messages=[{"role": "user", "content": [{"type": "redacted_thinking", "data": "x"}]}])
+    )
+    assert converted == [{"role": "user", "content": ""}]

@@ -5,12 +5,22 @@ from __future__ import annotations
 import json
 
 from daemon.anthropic.stream import MessageStream, assemble, encode_sse, thinking_signature
-from daemon.chat.events import BlockDelta, BlockStart, BlockStop, Failed, Finished, Usage
+from daemon.chat.events import (
+    BlockDelta,
+    BlockStart,
+    BlockStop,
+    Failed,
+    Finished,
+    GenerationEvent,
+    Started,
+    Usage,
+)
 
 
-def run(stream: MessageStream, events) -> list[dict]:
-    frames = [stream.message_start(Usage(input_tokens=7))]
-    for event in events:
+def run(stream: MessageStream, events: list[GenerationEvent]) -> list[dict]:
+    """The stream events of a generation admitted with a prompt of 7 tokens, then `events`."""
+    frames: list[dict] = []
+    for event in [Started(Usage(prompt_tokens=7)), *events]:
         frames += stream.events(event)
     return frames
 
@@ -28,7 +38,7 @@ def test_text_then_tool_call_stream() -> None:
             BlockDelta('{"path": '),
             BlockDelta('"/a"}'),
             BlockStop(),
-            Finished("tool_use", Usage(input_tokens=7, output_tokens=9)),
+            Finished("tool_use", Usage(prompt_tokens=7, output_tokens=9)),
         ],
     )
     assert [f["type"] for f in frames] == [
@@ -63,6 +73,33 @@ def test_text_then_tool_call_stream() -> None:
     assert message["usage"] == {
         "input_tokens": 7,
         "output_tokens": 9,
+        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": 0,
+    }
+
+
+def test_started_is_message_start_unless_one_was_sent() -> None:
+    stream = MessageStream("m")
+    [start] = stream.events(Started(Usage(prompt_tokens=7)))
+    assert start["type"] == "message_start"
+    assert start["message"]["id"] == stream.message_id and start["message"]["content"] == []
+    assert start["message"]["usage"]["input_tokens"] == 7
+    estimated = MessageStream("m")
+    estimated.message_start(Usage(prompt_tokens=7))
+    assert estimated.events(Started(Usage(prompt_tokens=7))) == []
+
+
+def test_usage_splits_the_prompt_only_with_cache_fields() -> None:
+    usage = Usage(prompt_tokens=100, cached_tokens=60, stored_tokens=30, output_tokens=5)
+    assert MessageStream("m", cache_fields=True).usage(usage) == {
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "cache_read_input_tokens": 60,
+        "cache_creation_input_tokens": 30,
+    }
+    assert MessageStream("m", cache_fields=False).usage(usage) == {
+        "input_tokens": 100,
+        "output_tokens": 5,
         "cache_read_input_tokens": 0,
         "cache_creation_input_tokens": 0,
     }

@@ -109,3 +109,39 @@ def test_model_generation_config_supplies_sampling_defaults(tmp_path: Path) -> N
         ask = {"model": "m", "max_tokens": 24, "messages": [{"role": "user", "content": "Hello there"}]}
         greedy = client.messages.create(**ask, extra_body={"temperature": 0}).content[0].text
         assert [client.messages.create(**ask).content[0].text for _ in range(3)] == [greedy] * 3
+
+
+def test_a_local_folder_is_served_by_its_folder_name_and_every_id_is_retrievable(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    with run_server(tmp_path, "--model", str(tiny_model)) as server, server.http() as http:
+        listing = http.get("/v1/models").json()
+        assert listing["first_id"] == tiny_model.name
+        assert [entry["id"] for entry in listing["data"][:2]] == [tiny_model.name, str(tiny_model)]
+        client = server.client()
+        for entry in listing["data"]:  # the folder name, the path (an alias) and Claude's tier ids
+            raw = http.get(f"/v1/models/{entry['id']}")  # the path's own slashes, one after `models/`
+            assert raw.status_code == 200 and raw.json() == entry
+            assert client.models.retrieve(entry["id"]).id == entry["id"]  # the SDK sends %2F for each slash
+        reply = client.messages.create(
+            model=str(tiny_model), max_tokens=2, messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.model == str(tiny_model) and reply.usage.output_tokens == 2
+
+
+def test_a_missing_model_folder_is_refused_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "folder"
+    config = tmp_path / "config.toml"
+    config.write_text(f'[[models]]\nname = "gone"\nsource = "{missing}"\n')
+    for args, message in (
+        (["--model", str(missing)], f"no folder {missing} "),
+        (["--config", str(config)], f"model gone: no folder {missing} "),
+    ):
+        result = subprocess.run(
+            [str(MLXD), "serve", "--port", "0", *args],
+            capture_output=True,
+            text=True,
+            env=server_env(tmp_path),
+            timeout=120,
+        )
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from daemon.config.settings import Settings, SettingsError, load_settings
+from daemon.config.settings import ModelConfig, Settings, SettingsError, load_settings
 
 
 def test_layers_win_in_order(tmp_path: Path) -> None:
@@ -49,3 +50,31 @@ def test_token_file_and_bind_rules(tmp_path: Path) -> None:
         Settings(host="0.0.0.0").check_bind()
     with pytest.raises(SettingsError, match="cannot read token_file"):
         Settings(token_file=tmp_path / "absent").resolved_token()
+
+
+def test_a_local_model_folder_that_is_missing_is_refused_naming_it(tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    Settings(model=str(folder)).check_sources()
+    Settings(model="org/not-downloaded-yet").check_sources()  # a repo id: downloaded on first use
+    Settings().check_sources()  # the demo model
+    for missing in (
+        str(tmp_path / "no" / "such" / "folder"),
+        "./no-such-folder",
+        "~/no-such-mlxd-model",
+        "a/b/c",
+    ):
+        with pytest.raises(SettingsError, match=f"no folder {re.escape(missing)} "):
+            Settings(model=missing).check_sources()
+    file = tmp_path / "weights.safetensors"
+    file.write_text("")
+    with pytest.raises(SettingsError, match="is a file, not a model folder"):
+        Settings(model=str(file)).check_sources()
+    configured = Settings(
+        models=(
+            ModelConfig(name="here", source=str(folder)),
+            ModelConfig(name="gone", source=str(tmp_path / "gone")),
+        )
+    )
+    with pytest.raises(SettingsError, match=f"model gone: no folder {re.escape(str(tmp_path / 'gone'))} "):
+        configured.check_sources()

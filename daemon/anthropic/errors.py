@@ -1,4 +1,4 @@
-"""Anthropic error envelopes: the status-to-type table, the error every layer raises, and how a pydantic
+"""Anthropic's error envelope: its status-to-type table, the envelope of a `RequestError`, and how a pydantic
 validation failure becomes a message that names the field."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from daemon.chat.errors import RequestError, invalid_request
 from daemon.chat.limits import MAX_BODY_DEPTH
 
 ERROR_TYPES = {
@@ -21,20 +22,6 @@ ERROR_TYPES = {
     503: "overloaded_error",
     529: "overloaded_error",
 }
-
-
-class ApiError(Exception):
-    """An error a client should see, with the HTTP status and Anthropic error type that go with it."""
-
-    def __init__(self, status: int, message: str, *, should_retry: bool | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = error_type(status)
-        self.should_retry = should_retry
-
-    def body(self, request_id: str | None = None) -> dict[str, Any]:
-        return envelope(self.type, self.message, request_id)
 
 
 def error_type(status: int) -> str:
@@ -52,11 +39,11 @@ def envelope(error_type: str, message: str, request_id: str | None = None) -> di
     return body
 
 
-def invalid_request(message: str) -> ApiError:
-    return ApiError(400, message, should_retry=False)
+def error_body(error: RequestError, request_id: str | None = None) -> dict[str, Any]:
+    return envelope(error_type(error.status), error.message, request_id)
 
 
-def from_validation_error(error: ValidationError) -> ApiError:
+def from_validation_error(error: ValidationError) -> RequestError:
     """The first problem pydantic found, phrased as `field.path: what is wrong`."""
     first = error.errors(include_url=False)[0]
     path = _dotted(first["loc"])
@@ -65,6 +52,8 @@ def from_validation_error(error: ValidationError) -> ApiError:
         tag = first.get("ctx", {}).get("tag", "")
         expected = first.get("ctx", {}).get("expected_tags", "")
         message = f"unknown content block type '{tag}' (expected one of {expected})"
+    elif kind == "union_tag_not_found":
+        path, message = f"{path}.type" if path else "type", "Field required"
     elif kind == "missing":
         message = "Field required"
     elif kind == "json_invalid":

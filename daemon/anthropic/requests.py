@@ -7,81 +7,38 @@ through `ignored_fields` so the server can log them once at DEBUG.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
-from typing import Annotated, Any, Literal
+import logging
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
     StrictStr,
+    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import to_json
 
-from daemon.anthropic.errors import invalid_request
+from daemon.anthropic.errors import from_validation_error
 from daemon.chat.limits import (
     MAX_BLOCKS,
     MAX_BLOCKS_PER_MESSAGE,
-    MAX_BODY_CONTAINERS,
     MAX_MESSAGES,
-    MAX_SCHEMA_BYTES,
-    MAX_SCHEMA_DEPTH,
     MAX_STOP_SEQUENCE_CHARS,
     MAX_STOP_SEQUENCES,
     MAX_TOOL_DESCRIPTION_CHARS,
     MAX_TOOLS,
     MAX_TOP_K,
-    MAX_VALUE_DEPTH,
     TOOL_NAME_PATTERN,
+    bounded_schema,
+    check_containers,
 )
+from daemon.chat.wire import Path, WireModel, models, unknown_fields, value_problem
 
-
-class WireModel(BaseModel):
-    # Strict: a number is never a string or a boolean here, nor NaN or Infinity.
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True, allow_inf_nan=False)
-
-
-def _json_depth(value: Any, limit: int) -> int:
-    """How many levels of arrays and objects `value` nests (a scalar: 0), counted no further than `limit` + 1.
-    Raises ValueError on NaN or Infinity, which the parser lets into free-form values though JSON has neither.
-
-    Level by level, with the scalars of each container sorted out by `map(type, ...)`: a 32 MiB array of
-    numbers costs a fraction of a second rather than a Python step per number."""
-    _finite([value])
-    level = [value] if isinstance(value, dict | list) else []
-    deepest = 0
-    while level and deepest <= limit:
-        deepest += 1
-        below: list[Any] = []
-        for container in level:
-            children = container.values() if isinstance(container, dict) else container
-            kinds = set(map(type, children))
-            if float in kinds:
-                _finite(children)
-            if dict in kinds or list in kinds:
-                below += [child for child in children if isinstance(child, dict | list)]
-        level = below
-    return deepest
-
-
-def _finite(values: Any) -> None:
-    if not all(math.isfinite(value) for value in values if isinstance(value, float)):
-        raise ValueError("NaN and Infinity are not JSON numbers")
-
-
-def _bounded_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    if _json_depth(schema, MAX_SCHEMA_DEPTH) > MAX_SCHEMA_DEPTH:
-        raise ValueError(f"nests more than {MAX_SCHEMA_DEPTH} levels deep (the limit for a schema)")
-    size = len(to_json(schema))
-    if size > MAX_SCHEMA_BYTES:
-        raise ValueError(f"is {size} bytes as JSON; at most {MAX_SCHEMA_BYTES} are allowed")
-    return schema
+log = logging.getLogger(__name__)
 
 
 class TextBlock(WireModel):
@@ -186,7 +143,7 @@ ToolName = Annotated[StrictStr, Field(pattern=TOOL_NAME_PATTERN)]
 class Tool(WireModel):
     name: ToolName
     description: StrictStr | None = Field(None, max_length=MAX_TOOL_DESCRIPTION_CHARS)
-    input_schema: Annotated[dict[str, Any], AfterValidator(_bounded_schema)]
+    input_schema: Annotated[dict[str, Any], AfterValidator(bounded_schema)]
 
 
 class ToolChoice(WireModel):
@@ -231,19 +188,10 @@ class CountTokensRequest(WireModel):
 
     @model_validator(mode="after")
     def _within_limits(self) -> CountTokensRequest:
-        blocks = 0
-        for path, model in _models(self):
-            blocks += isinstance(model, _BLOCK_TYPES)
-            for name, value in _free_values(model):
-                try:
-                    depth = _json_depth(value, MAX_VALUE_DEPTH)
-                except ValueError as error:
-                    raise ValueError(f"{_dotted(path, name)}: {error}") from None
-                if depth > MAX_VALUE_DEPTH:
-                    raise ValueError(
-                        f"{_dotted(path, name)}: nests more than {MAX_VALUE_DEPTH} levels deep (the limit "
-                        "for a value)"
-                    )
+        if problem := value_problem(self):
+            path, message = problem
+            raise ValueError(f"{_dotted(path)}: {message}")
+        blocks = sum(isinstance(model, _BLOCK_TYPES) for _, model in models(self))
         if blocks > MAX_BLOCKS:
             raise ValueError(f"messages: {blocks} content blocks in all; at most {MAX_BLOCKS} are allowed")
         return self
@@ -347,48 +295,25 @@ _BLOCK_TYPES = (
 )
 
 
-def _models(root: BaseModel) -> Iterator[tuple[tuple[str | int, ...], BaseModel]]:
-    """(path, model) for `root` and every model within it, depth first in order; a path holds field names
-    and list positions, and is made into text only for a message."""
-    pending: list[tuple[tuple[str | int, ...], BaseModel]] = [((), root)]
-    while pending:
-        path, model = pending.pop()
-        yield path, model
-        inner = []
-        for name in type(model).model_fields:
-            value = getattr(model, name)
-            if isinstance(value, BaseModel):
-                inner.append(((*path, name), value))
-            elif isinstance(value, list):
-                inner += [
-                    ((*path, name, i), item) for i, item in enumerate(value) if isinstance(item, BaseModel)
-                ]
-        pending += reversed(inner)
+def _dotted(path: Path) -> str:
+    return ".".join(map(str, path))
 
 
-def _free_values(model: BaseModel) -> Iterator[tuple[str, Any]]:
-    """(name, value) of each free-form JSON value in one model: fields typed as any JSON, unknown fields."""
-    yield from (model.model_extra or {}).items()
-    for name in type(model).model_fields:
-        if isinstance(value := getattr(model, name), dict):
-            yield name, value
-
-
-def _dotted(path: tuple[str | int, ...], name: str) -> str:
-    return ".".join(map(str, (*path, name)))
-
-
-def check_containers(body: bytes) -> None:
-    """Refuse, before parsing, a body with more arrays and objects than `MAX_BODY_CONTAINERS` (counted by
-    their opening brackets, in a few milliseconds for the largest body)."""
-    containers = body.count(b"[") + body.count(b"{")
-    if containers > MAX_BODY_CONTAINERS:
-        raise invalid_request(
-            f"request body: {containers} arrays and objects (or brackets in strings); at most "
-            f"{MAX_BODY_CONTAINERS} are allowed"
-        )
-
-
-def ignored_fields(model: BaseModel) -> list[str]:
+def ignored_fields(body: BaseModel) -> list[str]:
     """Dotted paths of every field a client sent that the models do not define."""
-    return [_dotted(path, name) for path, inner in _models(model) for name in inner.model_extra or {}]
+    return [_dotted(path) for path in unknown_fields(body)]
+
+
+Body = TypeVar("Body", bound=CountTokensRequest)
+
+
+def parse(model: type[Body], data: bytes) -> Body:
+    """A request body validated as `model`; raises `RequestError` naming the first field at fault."""
+    check_containers(data)
+    try:
+        body = model.model_validate_json(data)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+    if ignored := ignored_fields(body):
+        log.debug("ignoring fields not implemented: %s", ", ".join(ignored))
+    return body

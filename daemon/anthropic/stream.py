@@ -1,7 +1,8 @@
 """Turns a generation's events into Anthropic's stream events, and stream events into one Message.
 
 The non-streaming answer is assembled from the very events the stream would send, so the two can never
-disagree.
+disagree. Usage follows the API: the prompt is split into tokens read from and written to the cache only
+when the request asked for caching (`cache_control`); otherwise it is all `input_tokens`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import json
 import secrets
 from collections.abc import Iterable
-from dataclasses import asdict
 from typing import Any
 
 from daemon.anthropic.errors import envelope
@@ -44,15 +44,28 @@ def thinking_signature(thinking: str) -> str:
 class MessageStream:
     """The stream events of one response, in order; one instance per request."""
 
-    def __init__(self, model: str, *, omit_thinking: bool = False):
+    def __init__(self, model: str, *, omit_thinking: bool = False, cache_fields: bool = False):
         self.model = model
         self.message_id = new_id("msg")
         self.omit_thinking = omit_thinking
+        self.cache_fields = cache_fields
+        self.started = False
         self._index = -1
         self._kind: str | None = None
         self._thinking: list[str] = []
 
+    def usage(self, usage: Usage) -> Event:
+        """Anthropic's four counts; the three input ones always add up to the prompt."""
+        read, written = (usage.cached_tokens, usage.stored_tokens) if self.cache_fields else (0, 0)
+        return {
+            "input_tokens": usage.prompt_tokens - read - written,
+            "output_tokens": usage.output_tokens,
+            "cache_read_input_tokens": read,
+            "cache_creation_input_tokens": written,
+        }
+
     def message_start(self, usage: Usage) -> Event:
+        self.started = True
         message = {
             "id": self.message_id,
             "type": "message",
@@ -61,15 +74,16 @@ class MessageStream:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": asdict(usage),
+            "usage": self.usage(usage),
         }
         return {"type": "message_start", "message": message}
 
     def events(self, event: GenerationEvent) -> list[Event]:
-        """The stream events for one generation event (none for `Started`, which `message_start` covers)."""
+        """The stream events for one generation event; `Started` is `message_start`, unless that was sent
+        already (from an estimate, when admission was slow)."""
         match event:
-            case Started():
-                return []
+            case Started(usage=usage):
+                return [] if self.started else [self.message_start(usage)]
             case BlockStart(kind=kind, tool_name=name):
                 self._index += 1
                 self._kind = kind
@@ -105,11 +119,19 @@ class MessageStream:
                 return [*events, {"type": "content_block_stop", "index": self._index}]
             case Finished(stop_reason=reason, stop_sequence=stop, usage=usage):
                 delta = {"type": "message_delta", "delta": {"stop_reason": reason, "stop_sequence": stop}}
-                return [{**delta, "usage": asdict(usage)}, {"type": "message_stop"}]
+                return [{**delta, "usage": self.usage(usage)}, {"type": "message_stop"}]
             case Failed(message=message, overloaded=overloaded):
                 kind = "overloaded_error" if overloaded else "api_error"
                 return [envelope(kind, message)]
         raise TypeError(f"not a generation event: {event!r}")
+
+    def sse(self, event: GenerationEvent) -> bytes:
+        """The SSE frames for one generation event."""
+        return b"".join(encode_sse(frame) for frame in self.events(event))
+
+    @property
+    def ping(self) -> bytes:
+        return PING
 
 
 def encode_sse(event: Event) -> bytes:

@@ -9,8 +9,8 @@ from dataclasses import asdict
 
 from quart import Blueprint, current_app
 
-from daemon.anthropic.errors import ApiError
-from daemon.api.models import not_found
+from daemon.api.serving import load_failure, not_found
+from daemon.chat.errors import RequestError
 from daemon.engine.memory import NoRoom, active_memory
 from daemon.engine.registry import ModelLoadError, ModelRegistry, ServedModel
 
@@ -29,27 +29,25 @@ async def ps() -> dict:
     }
 
 
-@blueprint.route("/v1/admin/models/<path:name>/load", methods=["POST"])
+@blueprint.route("/v1/admin/models/<model_id:name>/load", methods=["POST"])
 async def load(name: str) -> dict:
     """Load the model now (making room as a request would), and answer once it is ready."""
     served = _resolve(name)
     try:
         await asyncio.wrap_future(served.engine.load())
-    except NoRoom as error:
-        raise ApiError(529, str(error), should_retry=error.retry) from None
-    except ModelLoadError as error:
-        raise ApiError(500, str(error), should_retry=False) from None
+    except (ModelLoadError, NoRoom) as error:
+        raise load_failure(error) from None
     return {"model": await _status(served)}
 
 
-@blueprint.route("/v1/admin/models/<path:name>/unload", methods=["POST"])
+@blueprint.route("/v1/admin/models/<model_id:name>/unload", methods=["POST"])
 async def unload(name: str) -> dict:
     """Unload the model now, unless a request is using it."""
     served = _resolve(name)
     freed = await asyncio.wrap_future(_registry().unload(served))
     if served.engine.resident:
         in_flight = served.engine.active_sequences + served.engine.queued
-        raise ApiError(409, f"model {served.name} is in use ({in_flight} requests); unload it when idle")
+        raise RequestError(409, f"model {served.name} is in use ({in_flight} requests); unload it when idle")
     return {"model": await _status(served), "freed_bytes": freed}
 
 

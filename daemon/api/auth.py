@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from quart import request
 
-from daemon.anthropic.errors import ApiError
+from daemon.chat.errors import RequestError
 
 # Probes that must answer without a token: health checks, and Claude Code's reachability HEADs.
 OPEN_ROUTES = {("GET", "/health"), ("HEAD", "/health"), ("HEAD", "/"), ("HEAD", "/api/hello")}
@@ -42,11 +42,11 @@ def token_checker(expected: Callable[[], str | None]) -> Callable[[], Awaitable[
             return
         presented = presented_tokens()
         if not presented:
-            raise ApiError(
+            raise RequestError(
                 401, "missing token: send it as x-api-key or Authorization: Bearer", should_retry=False
             )
         # Every presented token is compared, so the time taken does not tell which header matched.
         if not any([matches(p, token.encode()) for p in presented]):
-            raise ApiError(401, "invalid token: the token sent is not the daemon's", should_retry=False)
+            raise RequestError(401, "invalid token: the token sent is not the daemon's", should_retry=False)
 
     return check

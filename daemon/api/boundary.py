@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from quart import Quart, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from daemon.anthropic.errors import ApiError, invalid_request
+from daemon.chat.errors import RequestError, invalid_request
 from daemon.config.settings import Settings, host_name, is_loopback
 
 # A Host header: a name or dotted address, or a bracketed IPv6 address, and an optional port.
@@ -51,7 +51,7 @@ class Boundary:
             return
         address = _client_address(request.remote_addr)
         if address is None or not any(address in network for network in self.clients):
-            raise ApiError(
+            raise RequestError(
                 403,
                 f"client address {_shown(request.remote_addr)} is not in allowed_clients; "
                 "add it (or its network) there to let it in",
@@ -62,7 +62,7 @@ class Boundary:
         host = request.headers.get("host", "")  # Hypercorn turns an HTTP/2 :authority into Host
         name = _host_name(host)
         if name is None or not (is_loopback(name) or name in self.hosts):
-            raise ApiError(
+            raise RequestError(
                 403,
                 f"Host {_shown(host)} is not allowed: mlxd answers loopback names (localhost, 127.0.0.1, "
                 "[::1]) and the names in allowed_hosts; add this name there if clients use it",
@@ -73,7 +73,7 @@ class Boundary:
         # Programs send no Origin; browsers always do on cross-site requests, and on every POST.
         origin = request.headers.get("origin")
         if origin is not None and origin.lower().rstrip("/") not in self.origins:
-            raise ApiError(
+            raise RequestError(
                 403,
                 f"Origin {_shown(origin)} is not allowed: mlxd answers web pages only from the origins in "
                 "allowed_origins",
@@ -84,7 +84,7 @@ class Boundary:
 def refuse_preflight() -> None:
     """No CORS preflight is granted (no route sends Access-Control-Allow-* headers), so none is answered."""
     if request.method == "OPTIONS":
-        raise ApiError(
+        raise RequestError(
             405,
             "method not allowed: mlxd grants no CORS preflight; call it from a program",
             should_retry=False,

@@ -59,9 +59,8 @@ class Metrics:
 
     def generation(self, model: str, finished: Finished) -> None:
         usage = finished.usage
-        prompt = usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
-        self.tokens.labels(model, "prompt").inc(prompt)
-        self.tokens.labels(model, "cached").inc(usage.cache_read_input_tokens)
+        self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+        self.tokens.labels(model, "cached").inc(usage.cached_tokens)
         self.tokens.labels(model, "output").inc(usage.output_tokens)
         if finished.time_to_first_token is not None and usage.output_tokens:
             self.time_to_first_token.labels(model).observe(finished.time_to_first_token)

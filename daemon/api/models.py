@@ -1,6 +1,6 @@
-"""Model names over HTTP: `GET /v1/models` and `GET /v1/models/{id}` in Anthropic's list format with its
-paging (every model, alias and Claude tier id, and whether its model is loaded), and how a request's model
-name becomes the model that serves it."""
+"""Model names over HTTP: `GET /v1/models` and `GET /v1/models/{id}` (every model, alias and Claude tier id,
+and whether its model is loaded), in one body that both SDKs read: Anthropic's list format with its paging,
+and OpenAI's `object` / `created` / `owned_by` fields beside."""
 
 from __future__ import annotations
 
@@ -9,54 +9,33 @@ import reprlib
 from datetime import UTC, datetime
 
 from quart import Blueprint, current_app, request
+from werkzeug.routing import PathConverter
 
-from daemon.anthropic.errors import ApiError, invalid_request
-from daemon.engine.memory import NoRoom
+from daemon.api.serving import not_found
+from daemon.chat.errors import invalid_request
 from daemon.engine.names import TIER_IDS
-from daemon.engine.registry import ModelLoadError, ModelRegistry, ServedModel
+from daemon.engine.registry import ModelRegistry, ServedModel
 
 blueprint = Blueprint("models", __name__)
 
-_STARTED = datetime.now(UTC).isoformat().replace("+00:00", "Z")
-
-
-async def served_model(requested: str, *, to_generate: bool = False) -> ServedModel:
-    """The model a request names, with its tokenizer ready. For a generation, also checked to fit in the
-    memory budget, so that a model too big is refused before any response begins."""
-    registry = _registry()
-    served = registry.resolve(requested)
-    if served is None:
-        raise not_found(requested)
-    try:
-        await asyncio.wrap_future(served.prepare())
-        if to_generate:
-            await asyncio.to_thread(registry.check_room, served)
-    except ModelLoadError as error:
-        raise ApiError(500, str(error), should_retry=False) from None
-    except NoRoom as error:
-        raise ApiError(529, str(error), should_retry=error.retry) from None
-    return served
-
-
-def not_found(requested: str) -> ApiError:
-    registry = _registry()
-    patterns = ", ".join(rule.pattern for rule in registry.names.rules)
-    return ApiError(
-        404,
-        f"model: {requested} (available: {', '.join(registry.names.available())}; "
-        f"and names matching {patterns})",
-        should_retry=False,
-    )
+_STARTED = datetime.now(UTC).replace(microsecond=0)
+# Anthropic's SDK always sends its version header and pages by 20; a client without it (OpenAI's SDK, curl)
+# gets the whole list, as OpenAI's API gives it.
+ANTHROPIC_PAGE = "20"
+WHOLE_LIST = "1000"
 
 
 def describe(model_id: str, served: ServedModel) -> dict:
-    """One entry of the list: Anthropic's fields, plus the model it means, whether that is loaded, and its
-    context length when known."""
+    """One entry of the list: Anthropic's fields and OpenAI's, plus the model it means, whether that is
+    loaded, and its context length when known."""
     entry = {
         "id": model_id,
         "type": "model",
         "display_name": model_id if model_id == served.name else f"{model_id} → {served.name}",
-        "created_at": _STARTED,
+        "created_at": _STARTED.isoformat().replace("+00:00", "Z"),
+        "object": "model",
+        "created": int(_STARTED.timestamp()),
+        "owned_by": "mlxd",
         "model": served.name,
         "loaded": served.engine.resident,
     }
@@ -78,7 +57,8 @@ def listing(registry: ModelRegistry) -> list[dict]:
 
 @blueprint.route("/v1/models", methods=["GET"])
 async def list_models() -> dict:
-    limit = _limit(request.args.get("limit", "20"))
+    default = ANTHROPIC_PAGE if "anthropic-version" in request.headers else WHOLE_LIST
+    limit = _limit(request.args.get("limit", default))
     models = await asyncio.to_thread(listing, _registry())  # context lengths may be read from disk
     ids = [m["id"] for m in models]
     after, before = request.args.get("after_id"), request.args.get("before_id")
@@ -91,6 +71,7 @@ async def list_models() -> dict:
     else:
         page = models[:limit]
     return {
+        "object": "list",
         "data": page,
         "has_more": len(models) > len(page),
         "first_id": page[0]["id"] if page else None,
@@ -98,12 +79,20 @@ async def list_models() -> dict:
     }
 
 
-@blueprint.route("/v1/models/<path:model_id>", methods=["GET"])
+@blueprint.route("/v1/models/<model_id:model_id>", methods=["GET"])
 async def get_model(model_id: str) -> dict:
     served = _registry().resolve(model_id)
     if served is None:
         raise not_found(model_id)
     return await asyncio.to_thread(describe, model_id, served)
+
+
+class ModelIdConverter(PathConverter):
+    """A model id in a path: like `path` (slashes allowed, as in a repo id), and it may also begin with a
+    slash (a folder's path, sent as `/v1/models//models/m`), which `path` never takes."""
+
+    regex = ".+?"
+    part_isolating = False  # werkzeug infers True for a regex without a slash in it
 
 
 def _registry() -> ModelRegistry:

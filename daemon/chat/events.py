@@ -1,7 +1,5 @@
-"""What a generation produces, as plain values: content-block boundaries, deltas, and how it ended.
-
-Pure data (no MLX), so the wire layer can consume it without importing the engine's machinery.
-"""
+"""What a generation yields, as plain values: its start, content-block boundaries and deltas, and how it
+ended. The engine produces them; each wire package encodes them as its stream or its one response."""
 
 from __future__ import annotations
 
@@ -13,10 +11,13 @@ BlockKind = Literal["text", "thinking", "tool_use"]
 
 @dataclass(frozen=True)
 class Usage:
-    input_tokens: int
+    """Token counts: the prompt; the part of it read from the prefix cache, and the part newly written to
+    it; the output."""
+
+    prompt_tokens: int
+    cached_tokens: int = 0
+    stored_tokens: int = 0
     output_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cache_creation_input_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -51,14 +52,12 @@ class Finished:
 class Failed:
     message: str
     overloaded: bool = False
-    retry: bool | None = (
-        None  # whether a retry can succeed, when that is known (a model that cannot load: no)
-    )
+    retry: bool | None = None  # whether a retry can succeed, when known (a model that cannot load: no)
 
 
 @dataclass(frozen=True)
 class Started:
-    """The prompt is rendered and admitted; `usage` carries its token counts."""
+    """The prompt is admitted into the batch; `usage` carries its token counts (no output yet)."""
 
     usage: Usage
 

@@ -7,12 +7,19 @@ from pathlib import Path
 import click
 
 from daemon.cli.common import config_option, daemon_client, reported, url_option
-from daemon.client.admin import LOAD_TIMEOUT, ps_lines
-from daemon.client.admin import load as load_in_daemon
-from daemon.client.admin import unload as unload_from_daemon
+from daemon.cli.listing import facts_lines, inventory_lines, loaded_line, ps_lines, unloaded_line
+from daemon.client import admin
 from daemon.config.settings import load_settings
 from daemon.config.units import format_bytes
-from daemon.store.inventory import describe, inventory_lines, pull, remove, source_of
+from daemon.store.inventory import (
+    cache_dir,
+    cached_models,
+    configured_models,
+    describe,
+    pull,
+    remove,
+    source_of,
+)
 
 
 @click.command()
@@ -21,12 +28,15 @@ from daemon.store.inventory import describe, inventory_lines, pull, remove, sour
 def ps(config: Path | None, url: str | None) -> None:
     """Show the running daemon's models: loaded or not, memory, idle time, requests, when each unloads.
 
+    IN FLIGHT counts the requests running or queued now; SERVED, those each model has taken since the daemon
+    started (the ones in flight included).
+
     Ends with the weights loaded against the memory budget (memory_budget_bytes) and all the memory MLX
     holds (weights, KV caches and scratch).
     """
     with reported():
-        lines = ps_lines(daemon_client(config, url))
-    click.echo("\n".join(lines))
+        reply = admin.ps(daemon_client(config, url))
+    click.echo("\n".join(ps_lines(reply)))
 
 
 @click.group()
@@ -47,7 +57,9 @@ def models() -> None:
 def models_list(config: Path | None) -> None:
     """List the configured models and the MLX models in the Hugging Face cache, with their sizes."""
     with reported():
-        click.echo("\n".join(inventory_lines(load_settings({"config": config}))))
+        configured = configured_models(load_settings({"config": config}))
+        lines = inventory_lines(configured, cache_dir(), cached_models())
+    click.echo("\n".join(lines))
 
 
 @models.command("pull")
@@ -86,17 +98,18 @@ def models_rm(model: str, yes: bool, config: Path | None) -> None:
 
 
 @models.command("info")
-@click.argument("model")
+@click.argument("model", required=False)
 @config_option
-def models_info(model: str, config: Path | None) -> None:
+def models_info(model: str | None, config: Path | None) -> None:
     """Describe MODEL: architecture, quantisation, context length, size, tool calling and thinking.
 
-    MODEL is a configured name or alias, a Hugging Face repo id already downloaded, or a local folder. Only
-    the config and tokenizer are read; the weights stay on disk.
+    MODEL is a configured name or alias (`demo` for the demo model when none is configured), a Hugging Face
+    repo id already downloaded, or a local folder; without it, the main model. Only the config and tokenizer
+    are read; the weights stay on disk.
     """
     with reported():
         facts = describe(source_of(model, load_settings({"config": config})))
-    click.echo("\n".join(facts.lines()))
+    click.echo("\n".join(facts_lines(facts)))
 
 
 @models.command("load")
@@ -110,7 +123,8 @@ def models_load(name: str, config: Path | None, url: str | None) -> None:
     unpinned models are unloaded to make room within the memory budget, as for a request.
     """
     with reported():
-        click.echo(load_in_daemon(daemon_client(config, url, timeout=LOAD_TIMEOUT), name))
+        model = admin.load(daemon_client(config, url, timeout=admin.LOAD_TIMEOUT), name)
+    click.echo(loaded_line(model))
 
 
 @models.command("unload")
@@ -123,4 +137,5 @@ def models_unload(name: str, config: Path | None, url: str | None) -> None:
     Its next request loads it again (its prompt cache is saved and restored, as across a restart).
     """
     with reported():
-        click.echo(unload_from_daemon(daemon_client(config, url), name))
+        reply = admin.unload(daemon_client(config, url), name)
+    click.echo(unloaded_line(reply))

@@ -17,7 +17,10 @@ from daemon.config.settings import DEFAULT_PORT, SettingsError, default_config_p
     "--model",
     help="A local mlx-lm model folder or a Hugging Face repo id. [default: the built-in demo model]",
 )
-@click.option("--model-name", help="The id clients ask for. [default: the --model value as given]")
+@click.option(
+    "--model-name",
+    help="The id clients ask for. [default: a repo id as given; a local folder's name, its path an alias]",
+)
 @click.option("--context-length", type=int, help="Override the model's context length, in tokens.")
 @click.option("--token", help="Require this token from clients (x-api-key or Authorization: Bearer).")
 @click.option(
@@ -43,6 +46,7 @@ def serve(**flags: object) -> None:
     """
     try:
         settings = load_settings(flags)
+        settings.check_sources()
         configure_logging(settings.log_level, settings.log_file)
         from daemon.server import run
 

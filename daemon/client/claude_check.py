@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.anthropic.stream import assemble as assemble_stream
 from daemon.client.http import DaemonClient, DaemonUnreachable, Reply, ServerEvent
 
 CLAUDE_CODE_HEADERS = {
@@ -169,31 +170,14 @@ def assemble(events: list[ServerEvent]) -> dict[str, Any]:
         )
     if not names or names[0] != "message_start" or names[-1] != "message_stop":
         raise StreamError(f"expected message_start … message_stop, got {names[:1]} … {names[-1:]}")
-    message = next(event.data["message"] for event in events if event.name == "message_start")
-    blocks: list[dict[str, Any]] = []
-    partial_json: dict[int, str] = {}
     for event in events:
-        data = event.data
-        if event.name == "content_block_start":
-            block = dict(data["content_block"])
-            if block["type"] == "tool_use" and block.get("input") != {}:
-                raise StreamError("a tool_use block must start with input {} and send it as input_json_delta")
-            blocks.append(block)
-        elif event.name == "content_block_delta":
-            delta, block = data["delta"], blocks[data["index"]]
-            if delta["type"] == "input_json_delta":
-                partial_json[data["index"]] = partial_json.get(data["index"], "") + delta["partial_json"]
-            elif delta["type"] in ("text_delta", "thinking_delta", "signature_delta"):
-                field = delta["type"].removesuffix("_delta")
-                block[field] = block.get(field, "") + delta[field]
-        elif event.name == "message_delta":
-            message = {**message, **data["delta"], "usage": {**message["usage"], **data.get("usage", {})}}
-    for index, text in partial_json.items():
-        try:
-            blocks[index]["input"] = json.loads(text or "{}")
-        except json.JSONDecodeError as error:
-            raise StreamError(f"tool input is not valid JSON: {error}") from None
-    return {**message, "content": blocks}
+        block = event.data.get("content_block", {}) if event.name == "content_block_start" else {}
+        if block.get("type") == "tool_use" and block.get("input") != {}:
+            raise StreamError("a tool_use block must start with input {} and send it as input_json_delta")
+    try:
+        return assemble_stream(event.data for event in events if event.name != "ping")
+    except json.JSONDecodeError as error:
+        raise StreamError(f"tool input is not valid JSON: {error}") from None
 
 
 def _refusal(reply: Reply) -> str:

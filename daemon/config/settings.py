@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network
@@ -13,9 +14,16 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from daemon.chat.request import SAMPLING_FIELDS
+
 APP = "mlxd"
 DEFAULT_PORT = 8484
 ENV_PREFIX = "MLXD_"
+
+# A Hugging Face repo id, `name` or `owner/name`, as huggingface_hub's `validate_repo_id` accepts one.
+_REPO_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", re.ASCII)
+# What `GET /v1/models/{id}` can name: the path `/v1/models//x` names `/x`, but none names `//x` or `/`.
+_RETRIEVABLE_ID = re.compile(r"/?[^/]")
 
 
 def physical_memory() -> int:
@@ -51,7 +59,7 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
-    source: str = Field(min_length=1)  # a local model folder or a Hugging Face repo id
+    source: str = Field(min_length=1)  # a local model folder or a Hugging Face repo id (see `is_repo_id`)
     aliases: tuple[str, ...] = ()
     context_length: int | None = Field(None, gt=0)
     temperature: float | None = Field(None, ge=0)
@@ -64,13 +72,40 @@ class ModelConfig(BaseModel):
     @property
     def sampling(self) -> dict[str, Any]:
         """The default sampling this config sets, over the model's own generation_config.json."""
-        values = {
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": self.top_k,
-            "min_p": self.min_p,
-        }
+        values = {name: getattr(self, name) for name in SAMPLING_FIELDS}
         return {name: value for name, value in values.items() if value is not None}
+
+    @field_validator("name", mode="after")
+    @classmethod
+    def _retrievable_name(cls, name: str) -> str:
+        return retrievable_id(name)
+
+    @field_validator("aliases", mode="after")
+    @classmethod
+    def _retrievable_aliases(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(retrievable_id(alias) for alias in aliases)
+
+    @classmethod
+    def from_source(cls, source: str, name: str | None) -> ModelConfig:
+        """A model given by its source alone (`--model`): served as `name`, else a repo id as itself and a
+        local folder as its folder name, with the source as given for an alias."""
+        if name is not None or is_repo_id(source):
+            return cls(name=name or source, source=source)
+        folder = folder_name(source)
+        return cls(name=folder, source=source, aliases=(source,) if source != folder else ())
+
+    def check_source(self) -> None:
+        """Refuse a source that can only be a local folder (it is no repo id) when there is no folder."""
+        if is_repo_id(self.source):
+            return
+        path = Path(self.source).expanduser()
+        if path.exists() and not path.is_dir():
+            raise SettingsError(f"model {self.name}: {self.source} is a file, not a model folder")
+        if not path.exists():
+            raise SettingsError(
+                f"model {self.name}: no folder {self.source} (a Hugging Face repo id is owner/name; any "
+                "other source must be a local model folder)"
+            )
 
 
 class ModelRule(BaseModel):
@@ -118,6 +153,11 @@ class Settings(BaseModel):
     body_timeout: float = Field(30.0, gt=0)  # seconds for a whole request body to arrive
     keep_alive_timeout: float = Field(10.0, gt=0)  # seconds an idle connection, or a request head, may take
 
+    @field_validator("model_name", mode="after")
+    @classmethod
+    def _retrievable_model_name(cls, name: str | None) -> str | None:
+        return retrievable_id(name) if name is not None else None
+
     @field_validator("allowed_hosts", "allowed_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
@@ -160,12 +200,18 @@ class Settings(BaseModel):
 
     def served_models(self) -> list[ModelConfig]:
         """Every model to serve, the main one first: `model` (a configured name, or a source served as
-        `model_name`), else the first `[[models]]` table. Empty when nothing is configured."""
+        `model_name`, by default as `ModelConfig.from_source` names it), else the first `[[models]]` table.
+        Empty when nothing is configured."""
         models = list(self.models)
         if self.model is not None:
             chosen = next((m for m in models if self.model == m.name or self.model in m.aliases), None)
             if chosen is None:
-                chosen = ModelConfig(name=self.model_name or self.model, source=self.model)
+                chosen = ModelConfig.from_source(self.model, self.model_name)
+                if chosen.name in _names_and_aliases(models):
+                    raise ValueError(
+                        f"model: {self.model} would be served as {chosen.name!r}, which a [[models]] table "
+                        "already names: set model_name"
+                    )
             elif self.model_name is not None:
                 raise ValueError(
                     f"model_name applies to a model given by its source; {self.model!r} is a configured "
@@ -191,10 +237,16 @@ class Settings(BaseModel):
         """Where prefixes are saved at shutdown for a warm restart."""
         return (self.prompt_cache_dir or data_dir() / "prompt-cache").expanduser()
 
+    def check_sources(self) -> None:
+        """Refuse to serve a model whose local folder is missing (see `ModelConfig.check_source`)."""
+        for model in self.served_models():
+            model.check_source()
+
     @property
     def served_name(self) -> str:
-        """The main model's name: `model_name`, else `model` as given (or the configured model it names), else
-        the first `[[models]]` table's name, else `demo`."""
+        """The main model's name: `model_name`, else the name `model` is served as (the configured model it
+        names, a repo id as given, a folder's name), else the first `[[models]]` table's name, else `demo`
+        (the demo model's)."""
         models = self.served_models()
         return models[0].name if models else self.model_name or "demo"
 
@@ -288,6 +340,26 @@ def _check_unique(models: list[ModelConfig]) -> None:
             if name in seen:
                 raise ValueError(f"models: {name!r} names both {seen[name]!r} and {m.name!r}")
             seen[name] = m.name
+
+
+def is_repo_id(source: str) -> bool:
+    """A source that may be a Hugging Face repo id (`name` or `owner/name`, as the hub's rules allow); any
+    other source can only be a local folder. A repo id may also name a local folder, which wins."""
+    return bool(_REPO_ID.fullmatch(source)) and not (
+        "--" in source or ".." in source or source.endswith(".git")
+    )
+
+
+def folder_name(source: str) -> str:
+    """The name of the folder a local source names, `..` and `~` resolved (the source itself for `/`)."""
+    return Path(os.path.abspath(Path(source).expanduser())).name or source
+
+
+def retrievable_id(name: str) -> str:
+    """A model name or alias, refused when no `GET /v1/models/{id}` path could name it."""
+    if not _RETRIEVABLE_ID.match(name):
+        raise ValueError(f"{name!r} cannot be a model id: no /v1/models/{{id}} path can name it")
+    return name
 
 
 def host_name(host: str) -> str:

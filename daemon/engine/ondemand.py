@@ -15,9 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from daemon.chat.events import Failed
+from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
 from daemon.engine.memory import release_memory
 from daemon.engine.prompt_cache import PromptCache
-from daemon.engine.runner import SHUTTING_DOWN, Engine, EngineLimits, GenerationJob, Overloaded
+from daemon.engine.runner import SHUTTING_DOWN, Engine
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class OnDemandEngine:
         self.weight_bytes = 0
         self.last_used = time.monotonic()
         self.last_error: str | None = None
+        self.requests_served = 0  # jobs accepted since the daemon started, those in flight included
 
     @property
     def resident(self) -> bool:
@@ -71,7 +73,7 @@ class OnDemandEngine:
 
     def submit(self, job: GenerationJob) -> None:
         """Run the job, loading the model first when it is not loaded; raises `Overloaded` when the queue is
-        full."""
+        full. Each job accepted counts in `requests_served`."""
         with self._lock:
             self.last_used = time.monotonic()
             if self._engine is not None and not self._engine.alive:
@@ -80,11 +82,13 @@ class OnDemandEngine:
                 self._engine, self.weight_bytes = None, 0
             if self._engine is not None:
                 self._engine.submit(job)
+                self.requests_served += 1
                 return
             if not self._closed:
                 if len(self._waiting) >= self.limits.max_sequences + self.limits.max_queued:
                     raise Overloaded.queue_full(len(self._waiting), self.name, self.limits)
                 self._waiting.append(job)
+                self.requests_served += 1
                 self._load_locked()
                 return
         job.emit(Failed(SHUTTING_DOWN, overloaded=True))  # closed: as a closed Engine answers

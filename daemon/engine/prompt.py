@@ -1,8 +1,7 @@
-"""From a Messages request to the token ids the model sees, through the model's own chat template.
+"""From a chat request to the token ids the model sees, through the model's own chat template.
 
-Anthropic's content blocks become the chat messages Hugging Face templates take: tool calls as
-`tool_calls`, tool results as `tool` messages in order, thinking as `reasoning_content`, and
-`role: "system"` messages where they stand.
+Its parts become the chat messages Hugging Face templates take: tool calls as `tool_calls`, tool results as
+`tool` messages in order, reasoning as `reasoning_content`, and system turns where they stand.
 """
 
 from __future__ import annotations
@@ -15,20 +14,7 @@ from typing import Any
 from jinja2 import TemplateError
 from mlx_lm.utils import common_prefix_len
 
-from daemon.anthropic.requests import (
-    CountTokensRequest,
-    DocumentBlock,
-    ImageBlock,
-    Message,
-    RedactedThinkingBlock,
-    SearchResultBlock,
-    TextBlock,
-    ThinkingBlock,
-    ToolChoice,
-    ToolReferenceBlock,
-    ToolResultBlock,
-    ToolUseBlock,
-)
+from daemon.chat.request import ChatRequest, Image, Message, Reasoning, Text, ToolCall, ToolChoice, ToolResult
 from daemon.engine.tools import (
     GENERIC_END,
     GENERIC_FORMAT,
@@ -58,47 +44,30 @@ class Prompt:
     thinking_budget: int | None = None
 
 
-BILLING_HEADER = "x-anthropic-billing-header:"
-
-
-def chat_messages(request: CountTokensRequest, *, strip_billing_header: bool = True) -> list[ChatMessage]:
-    """The request's system prompt and messages as chat-template messages, in order.
-
-    Claude Code's billing line (`x-anthropic-billing-header: …; cch=<hash>;`) changes on every request and
-    would make every prompt differ from its first token on; it carries nothing for the model, so it is
-    dropped.
-    """
+def chat_messages(request: ChatRequest) -> list[ChatMessage]:
+    """The request's system prompt and messages as chat-template messages, in order."""
     out: list[ChatMessage] = []
-    system = [
-        block.text
-        for block in request.system
-        if not (strip_billing_header and block.text.lstrip().startswith(BILLING_HEADER))
-    ]
-    if system:
-        out.append({"role": "system", "content": "\n\n".join(system)})
+    if request.system:
+        out.append({"role": "system", "content": "\n\n".join(request.system)})
     for message in request.messages:
         out.extend(_convert(message))
     return _merge_consecutive(out)
 
 
-def tool_definitions(request: CountTokensRequest) -> list[dict[str, Any]]:
+def tool_definitions(request: ChatRequest) -> list[dict[str, Any]]:
     """Tools in the OpenAI-style form Hugging Face chat templates expect."""
     return [
         {
             "type": "function",
-            "function": {
-                "name": tool.name,
-                "description": tool.description or "",
-                "parameters": tool.input_schema,
-            },
+            "function": {"name": tool.name, "description": tool.description, "parameters": tool.parameters},
         }
         for tool in request.tools
     ]
 
 
-def render(tokenizer: Any, request: CountTokensRequest, *, strip_billing_header: bool = True) -> Prompt:
+def render(tokenizer: Any, request: ChatRequest) -> Prompt:
     """Tokens of the prompt exactly as the model will process it, and how to read what it writes."""
-    messages = chat_messages(request, strip_billing_header=strip_billing_header)
+    messages = chat_messages(request)
     if len(messages) > 1 and messages[-1] == {"role": "assistant", "content": ""}:
         messages.pop()  # an empty assistant turn prefills nothing
     tools = tool_definitions(request)
@@ -109,7 +78,7 @@ def render(tokenizer: Any, request: CountTokensRequest, *, strip_billing_header:
         tool_format = GENERIC_FORMAT
         messages = _with_generic_tools(messages, tools)
     template_tools = tools if tool_format is not GENERIC_FORMAT else []
-    thinking = request.thinking_on
+    thinking = request.thinking.enabled
     prefill = messages[-1]["role"] == "assistant" and _plain(messages[-1])
     kwargs: dict[str, Any] = {
         "tools": template_tools or None,
@@ -132,19 +101,17 @@ def render(tokenizer: Any, request: CountTokensRequest, *, strip_billing_header:
         head_kwargs = {**kwargs, "add_generation_prompt": False, "continue_final_message": False}
         shared = common_prefix_len(tokens, _apply_template(tokenizer, head, head_kwargs))
     prompt = Prompt(tokens, thinking, starts_in_thinking, tools, prefill, shared, tool_format)
-    budget = (
-        request.thinking.budget_tokens if request.thinking and request.thinking.type == "enabled" else None
-    )
+    budget = request.thinking.budget_tokens if thinking else None
     return _with_tool_choice(tokenizer, replace(prompt, thinking_budget=budget), request.tool_choice)
 
 
-def _with_tool_choice(tokenizer: Any, prompt: Prompt, choice: ToolChoice | None) -> Prompt:
-    """`none` bans the call marker; `any` and `tool` end the prompt with a call's opening (and the tool's
-    name), so that a call is what the model writes next."""
+def _with_tool_choice(tokenizer: Any, prompt: Prompt, choice: ToolChoice) -> Prompt:
+    """`none` bans the call marker; `required` and `tool` end the prompt with a call's opening (and the
+    tool's name), so that a call is what the model writes next."""
     tool_format = prompt.tool_format
-    if tool_format is None or choice is None or choice.type == "auto":
-        return replace(prompt, single_call=bool(choice and choice.disable_parallel_tool_use))
-    if choice.type == "none":
+    if tool_format is None or choice.mode == "auto":
+        return replace(prompt, single_call=not choice.parallel)
+    if choice.mode == "none":
         markers = [
             tokenizer.encode(m, add_special_tokens=False) for m in (tool_format.start, tool_format.end) if m
         ]
@@ -154,7 +121,7 @@ def _with_tool_choice(tokenizer: Any, prompt: Prompt, choice: ToolChoice | None)
                 "tool_choice none: a call marker of %s is several tokens; it is not banned", tool_format.kind
             )
         return replace(prompt, tool_format=None, banned_tokens=banned)
-    opening = tool_format.forced_prefix(choice.name if choice.type == "tool" else None)
+    opening = tool_format.forced_prefix(choice.name if choice.mode == "tool" else None)
     forced = tokenizer.encode(opening, add_special_tokens=False)
     return replace(
         prompt,
@@ -203,15 +170,16 @@ def _convert(message: Message) -> list[ChatMessage]:
         return [_assistant(message)]
     results: list[ChatMessage] = []
     texts: list[str] = []
-    for block in message.content:
-        if isinstance(block, ToolResultBlock):
-            content = "\n".join(_text_of(part) for part in block.content)
-            if block.is_error:
+    for part in message.parts:
+        if isinstance(part, ToolResult):
+            content = "\n".join(_text_of(inner) for inner in part.content)
+            if part.is_error:
                 content = f"Error: {content}"
-            results.append({"role": "tool", "tool_call_id": block.tool_use_id, "content": content})
+            results.append({"role": "tool", "tool_call_id": part.call_id, "content": content})
         else:
-            texts.append(_text_of(block))
-    turn = [{"role": message.role, "content": "\n".join(texts)}] if texts else []
+            texts.append(_text_of(part))
+    # A turn with nothing the model can be shown (only redacted thinking, say) still takes its place.
+    turn = [{"role": message.role, "content": "\n".join(texts)}] if texts or not results else []
     return results + turn
 
 
@@ -219,19 +187,16 @@ def _assistant(message: Message) -> ChatMessage:
     texts: list[str] = []
     reasoning: list[str] = []
     calls: list[dict[str, Any]] = []
-    for block in message.content:
-        if isinstance(block, ThinkingBlock):
-            reasoning.append(block.thinking)
-        elif isinstance(block, ToolUseBlock):
-            calls.append(
-                {
-                    "id": block.id,
-                    "type": "function",
-                    "function": {"name": block.name, "arguments": block.input},
-                }
-            )
-        elif not isinstance(block, RedactedThinkingBlock):
-            texts.append(_text_of(block))
+    for part in message.parts:
+        match part:
+            case Reasoning(text=text):
+                reasoning.append(text)
+            case ToolCall(id=call_id, name=name, arguments=arguments):
+                calls.append(
+                    {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+                )
+            case Text() | Image():
+                texts.append(_text_of(part))
     out: ChatMessage = {"role": "assistant", "content": "".join(texts)}
     if reasoning:
         out["reasoning_content"] = "\n".join(reasoning)
@@ -240,21 +205,14 @@ def _assistant(message: Message) -> ChatMessage:
     return out
 
 
-def _text_of(block: Any) -> str:
-    """Plain text for a block in a turn; what a text-only model can be told of images and the like."""
-    match block:
-        case TextBlock(text=text):
+def _text_of(part: object) -> str:
+    """Plain text for a part in a turn; what a text-only model can be told of an image or a call."""
+    match part:
+        case Text(text=text):
             return text
-        case ToolReferenceBlock(tool_name=name):
-            return f"Tool loaded: {name}"
-        case ImageBlock():
+        case Image():
             return "[image omitted: this model takes no images]"
-        case DocumentBlock(source=source, title=title):
-            data = source.get("data") if source.get("type") == "text" else None
-            return data if isinstance(data, str) else f"[document omitted: {title or 'untitled'}]"
-        case SearchResultBlock(title=title, source=source, content=content):
-            return "\n".join([f"{title} ({source})", *(part.text for part in content)])
-        case ToolUseBlock(name=name, input=arguments):
+        case ToolCall(name=name, arguments=arguments):
             return json.dumps({"name": name, "arguments": arguments})
     return ""
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.anthropic.requests import CountTokensRequest
+from daemon.chat.request import ChatRequest
 from daemon.config.units import format_bytes
+from daemon.engine.jobs import EngineLimits
 from daemon.engine.memory import NoRoom, Resident, plan_room
 from daemon.engine.model import PreparedModel, load_weights, prepare_model
 from daemon.engine.names import ModelNames, NameRule, tier_rules
@@ -26,7 +27,7 @@ from daemon.engine.ondemand import OnDemandEngine
 from daemon.engine.prompt import Prompt, render
 from daemon.engine.prompt_cache import Persistence, PromptCache
 from daemon.engine.reuse import Part, request_parts
-from daemon.engine.runner import Engine, EngineLimits
+from daemon.engine.runner import Engine
 from daemon.store.files import (
     estimate_weight_bytes,
     local_path,
@@ -63,7 +64,6 @@ class EngineOptions:
     prompt_cache_bytes: int = 0
     saved_cache_dir: Path | None = None
     saved_cache_bytes: int = 0
-    strip_billing_header: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,7 @@ class ModelStatus:
     idle_seconds: float | None  # None while a request is in flight or when unloaded
     active_sequences: int
     queued: int
+    requests_served: int  # accepted since the daemon started, those in flight included
     context_length: int | None
     last_error: str | None
 
@@ -94,11 +95,9 @@ class ServedModel:
         spec: ModelSpec,
         engine: OnDemandEngine,
         prepare_pool: ThreadPoolExecutor,
-        strip_billing_header: bool = True,
     ):
         self.spec = spec
         self.engine = engine
-        self.strip_billing_header = strip_billing_header
         self._prepare_pool = prepare_pool
         self._lock = threading.Lock()
         self._preparing: Future[PreparedModel] | None = None
@@ -149,11 +148,11 @@ class ServedModel:
             self._context_length = stated_context_length(path)
         return self._context_length
 
-    def render(self, request: CountTokensRequest) -> Prompt:
-        return render(self.loaded.tokenizer, request, strip_billing_header=self.strip_billing_header)
+    def render(self, request: ChatRequest) -> Prompt:
+        return render(self.loaded.tokenizer, request)
 
-    def parts(self, request: CountTokensRequest) -> list[Part]:
-        return request_parts(request, strip_billing_header=self.strip_billing_header)
+    def parts(self, request: ChatRequest) -> list[Part]:
+        return request_parts(request)
 
 
 class ModelRegistry:
@@ -197,7 +196,7 @@ class ModelRegistry:
             return self._loader.submit(self._load, served)
 
         engine = OnDemandEngine(spec.name, self.options.limits, start_load)
-        served = ServedModel(spec, engine, self._prepare_pool, self.options.strip_billing_header)
+        served = ServedModel(spec, engine, self._prepare_pool)
         return served
 
     def start(self) -> None:
@@ -240,6 +239,7 @@ class ModelRegistry:
             idle_seconds=engine.idle_seconds() if engine.resident else None,
             active_sequences=engine.active_sequences,
             queued=engine.queued,
+            requests_served=engine.requests_served,
             context_length=served.context_length(),
             last_error=engine.last_error,
         )

@@ -7,24 +7,20 @@ import hashlib
 import json
 import logging
 from collections import deque
+from dataclasses import asdict
 
-from daemon.anthropic.requests import CountTokensRequest
-from daemon.engine.prompt import BILLING_HEADER
+from daemon.chat.request import ChatRequest
 
 log = logging.getLogger(__name__)
 
 Part = tuple[str, str]  # (what a person would call it, digest of its content)
 
 
-def request_parts(request: CountTokensRequest, *, strip_billing_header: bool) -> list[Part]:
+def request_parts(request: ChatRequest) -> list[Part]:
     """The request's parts in prompt order: system blocks, tools, messages."""
-    parts: list[Part] = []
-    for k, block in enumerate(request.system):
-        if strip_billing_header and block.text.lstrip().startswith(BILLING_HEADER):
-            continue
-        parts.append((f"system block {k}", _digest(block.text)))
-    parts += [(f'tool "{tool.name}"', _digest(tool.model_dump(mode="json"))) for tool in request.tools]
-    parts += [(f"message {i}", _digest(m.model_dump(mode="json"))) for i, m in enumerate(request.messages)]
+    parts = [(f"system block {k}", _digest(text)) for k, text in enumerate(request.system)]
+    parts += [(f'tool "{tool.name}"', _digest(asdict(tool))) for tool in request.tools]
+    parts += [(f"message {i}", _digest(asdict(message))) for i, message in enumerate(request.messages)]
     return parts
 
 

@@ -14,19 +14,18 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from daemon.chat.events import Failed, Finished, GenerationEvent, Usage
+from daemon.chat.events import Failed, Finished, GenerationEvent, Started, Usage
 from daemon.config.logs import current_request
 from daemon.engine.constraints import ThinkingBudget, ban
 from daemon.engine.decoder import OutputDecoder
 from daemon.engine.guards import guard_processor, guard_sampler, reset_random_state
+from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt import Prompt
 from daemon.engine.prompt_cache import PromptCache
-from daemon.engine.reuse import Part, ReuseMonitor
-from daemon.engine.sampling import SamplingParams
+from daemon.engine.reuse import ReuseMonitor
 
 log = logging.getLogger(__name__)
 
@@ -36,33 +35,6 @@ SHUTTING_DOWN = "the server is shutting down; retry shortly"
 ENGINE_STOPPED = "the model's engine stopped after an internal error; retry to load it again"
 STEP_FAILED = "generation failed inside the engine; see the server log"
 REQUEST_FAILED = "generation of this request failed inside the engine; see the server log"
-
-
-class Overloaded(Exception):
-    """The queue is full: the request is refused at once rather than left waiting."""
-
-    @classmethod
-    def queue_full(cls, pending: int, model: str, limits: EngineLimits) -> Overloaded:
-        return cls(
-            f"{pending} requests are running or queued for {model} "
-            f"(limit {limits.max_sequences} running + {limits.max_queued} queued)"
-        )
-
-
-@dataclass(eq=False)
-class GenerationJob:
-    prompt: Prompt
-    max_tokens: int
-    sampling: SamplingParams
-    stop_sequences: list[str]
-    emit: Callable[[GenerationEvent], None]
-    label: str = "request"  # names the request in logs
-    parts: list[Part] = field(default_factory=list)  # the request's structure, to explain cache misses
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        """Ask the engine to stop this generation; safe from any thread."""
-        self.cancelled = True
 
 
 @dataclass
@@ -84,13 +56,6 @@ class _Running:
     def prewarm(self) -> bool:
         """`max_tokens: 0`: process the prompt into the cache and answer nothing."""
         return self.job.max_tokens == 0
-
-
-@dataclass(frozen=True)
-class EngineLimits:
-    max_sequences: int = 8
-    max_queued: int = 64
-    prefill_step_size: int = 1024
 
 
 class Engine:
@@ -243,6 +208,7 @@ class Engine:
             logits_processors=[[guard_processor(p, running.fault_in) for p in self._constraints(prompt)]],
         )
         self._running[uid] = running
+        job.emit(Started(self._usage(running)))
 
     def _constraints(self, prompt: Prompt) -> list:
         processors = []
@@ -343,21 +309,24 @@ class Engine:
     def _finished(self, running: _Running, reason: str) -> Finished:
         now = time.perf_counter()
         first = running.first_token or now
-        prompt_tokens = len(running.job.prompt.tokens)
-        stored = prompt_tokens - running.reused if self.cache.max_bytes else 0
         return Finished(
             stop_reason=reason,  # type: ignore[arg-type]
             stop_sequence=running.decoder.stop_sequence,
-            # Anthropic's split of the prompt: read from the cache, newly written to it, and the rest.
-            usage=Usage(
-                input_tokens=prompt_tokens - running.reused - stored,
-                output_tokens=running.output_tokens,
-                cache_read_input_tokens=running.reused,
-                cache_creation_input_tokens=stored,
-            ),
+            usage=self._usage(running, output_tokens=running.output_tokens),
             time_to_first_token=first - running.submitted,
             decode_seconds=now - first,
             tool_parse_failures=running.decoder.parse_failures,
+        )
+
+    def _usage(self, running: _Running, output_tokens: int = 0) -> Usage:
+        """The prompt's split: read from the cache, and newly written to it (the whole rest, unless the
+        cache is off)."""
+        prompt_tokens = len(running.job.prompt.tokens)
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            cached_tokens=running.reused,
+            stored_tokens=prompt_tokens - running.reused if self.cache.max_bytes else 0,
+            output_tokens=output_tokens,
         )
 
     def _retire(self, uid: int, event: GenerationEvent | None, batch=None) -> None:

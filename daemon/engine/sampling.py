@@ -7,6 +7,8 @@ from typing import Any
 
 from mlx_lm.sample_utils import make_sampler
 
+from daemon.chat.request import SAMPLING_FIELDS
+
 ANTHROPIC_TEMPERATURE = 1.0
 
 
@@ -39,7 +41,7 @@ def model_defaults(generation_config: dict[str, Any]) -> dict[str, Any]:
     """The sampling values a model's `generation_config.json` recommends, in our names."""
     if generation_config.get("do_sample") is False:
         return {"temperature": 0.0}
-    picked = {name: generation_config.get(name) for name in ("temperature", "top_p", "top_k", "min_p")}
+    picked = {name: generation_config.get(name) for name in SAMPLING_FIELDS}
     return {name: value for name, value in picked.items() if value is not None}
 
 

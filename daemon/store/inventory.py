@@ -1,5 +1,6 @@
-"""Models on this machine: MLX models in the Hugging Face cache, downloading one (`mlxd models pull`),
-deleting one (`mlxd models rm`), and describing one from its files (`mlxd models info`)."""
+"""Models on this machine, as data for the CLI to show: the configured ones and the MLX models in the Hugging
+Face cache (`mlxd models list`), downloading one (`mlxd models pull`), deleting one (`mlxd models rm`), and
+describing one from its files (`mlxd models info`)."""
 
 from __future__ import annotations
 
@@ -8,14 +9,24 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from daemon.cli.format import table
-from daemon.config.settings import Settings
-from daemon.config.units import format_bytes
+from daemon.config.settings import Settings, data_dir, is_repo_id
+from daemon.engine.demo_model import ensure_demo_model
 from daemon.store.files import WEIGHT_FILES, context_length_of, download_patterns, local_path, weight_bytes
 
 
 class ModelStoreError(Exception):
     """A model that cannot be found, fetched or deleted, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class ConfiguredModel:
+    """A model the settings serve, and how much of it is on this machine."""
+
+    name: str
+    role: str  # "main", "small" (Claude Code's background tier) or ""
+    weight_bytes: int | None  # None: not on this machine (a repo not downloaded yet)
+    aliases: tuple[str, ...]
+    source: str
 
 
 @dataclass(frozen=True)
@@ -40,58 +51,32 @@ class ModelFacts:
     thinking: tuple[str, str] | None  # the tokens around reasoning; None: no thinking
     chat_template: bool
 
-    def lines(self) -> list[str]:
-        facts = [
-            ("model", self.source),
-            ("path", str(self.path)),
-            ("architecture", self.architecture),
-            ("quantization", self.quantization),
-            ("context", f"{self.context_length} tokens"),
-            ("size", format_bytes(self.weight_bytes)),
-            ("tool calls", f"yes ({self.tool_parser} format)" if self.tool_parser else "no"),
-            ("thinking", f"yes ({' … '.join(self.thinking)})" if self.thinking else "no"),
-            ("chat template", "yes" if self.chat_template else "no (prompts are plain transcripts)"),
-        ]
-        return [f"{label + ':':<15}{value}" for label, value in facts]
 
-
-def source_of(model: str, settings: Settings) -> str:
-    """A configured model's source when `model` is one of its names or aliases, else `model` itself."""
-    for configured in settings.served_models():
+def source_of(model: str | None, settings: Settings) -> str:
+    """Where the model a name means comes from: a configured model's source when `model` is one of its names
+    or aliases (None: the main model), the demo model's folder (built on first use) when it is the name the
+    demo model is served as, else `model` itself."""
+    served = settings.served_models()
+    if model is None and served:
+        return served[0].source
+    if model is None or (not served and model == settings.served_name):
+        return str(ensure_demo_model(data_dir()))
+    for configured in served:
         if model == configured.name or model in configured.aliases:
             return configured.source
     return model
 
 
-def inventory_lines(settings: Settings) -> list[str]:
-    """`mlxd models list`: the configured models (main first), then the MLX models in the cache."""
-    configured = settings.served_models()
+def configured_models(settings: Settings) -> list[ConfiguredModel]:
+    """The models the settings serve, main first, with the size of their weights on this machine."""
     small = settings.small_model
-    rows = []
-    for index, model in enumerate(configured):
+    found = []
+    for index, model in enumerate(settings.served_models()):
         path = local_path(model.source)
         role = "main" if index == 0 else "small" if small in (model.name, *model.aliases) else ""
-        size = format_bytes(weight_bytes(path)) if path else "not downloaded"
-        rows.append([model.name, role, size, ", ".join(model.aliases), model.source])
-    if rows:
-        lines = ["Configured:", *table(["NAME", "ROLE", "SIZE", "ALIASES", "SOURCE"], rows)]
-    else:
-        lines = ['Configured: none (the daemon serves its demo model; see the README, "Models")']
-    lines += ["", f"In the Hugging Face cache ({cache_dir()}):"]
-    cached = cached_models()
-    if not cached:
-        return [*lines, "nothing yet; download with `mlxd models pull REPO`"]
-    names = {model.source: model.name for model in configured}
-    cached_rows = [
-        [
-            m.repo_id,
-            format_bytes(m.size_bytes),
-            m.last_modified.strftime("%Y-%m-%d"),
-            names.get(m.repo_id, ""),
-        ]
-        for m in cached
-    ]
-    return [*lines, *table(["REPO", "SIZE", "MODIFIED", "CONFIGURED AS"], cached_rows)]
+        size = weight_bytes(path) if path else None
+        found.append(ConfiguredModel(model.name, role, size, model.aliases, model.source))
+    return found
 
 
 def cache_dir() -> Path:
@@ -183,6 +168,8 @@ def describe(source: str) -> ModelFacts:
     from mlx_lm.utils import load_config, load_tokenizer
 
     path = local_path(source)
+    if path is None and not is_repo_id(source):
+        raise ModelStoreError(f"no folder {source} (nor a configured model of that name)")
     if path is None:
         raise ModelStoreError(
             f"{source} is neither a folder nor a model in the Hugging Face cache; download it with "

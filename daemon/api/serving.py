@@ -1,0 +1,186 @@
+"""The one serving path every API shares: from a chat request to the engine and back. It resolves the model,
+renders and checks the prompt, fills in sampling defaults, submits the generation, bridges its events from
+the engine thread to asyncio, cancels it when the client goes away, and logs the request's one line.
+
+Routes stay thin: parse with their wire package, call `count_tokens` or `start`, encode what comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from quart import current_app, g
+
+from daemon.api.bridge import EngineEvents, RequestLog
+from daemon.chat.errors import RequestError, invalid_request
+from daemon.chat.events import Failed, Finished, GenerationEvent
+from daemon.chat.request import ChatRequest
+from daemon.engine.jobs import GenerationJob, Overloaded
+from daemon.engine.memory import NoRoom
+from daemon.engine.prompt import Prompt
+from daemon.engine.registry import ModelLoadError, ModelRegistry, ServedModel
+from daemon.engine.sampling import resolve
+
+log = logging.getLogger(__name__)
+
+
+class StreamEncoder(Protocol):
+    """How one API writes a generation's events as its server-sent events."""
+
+    ping: bytes  # sent in any silence longer than the ping interval
+
+    def sse(self, event: GenerationEvent) -> bytes: ...
+
+
+async def count_tokens(chat: ChatRequest) -> int:
+    """The prompt's length in tokens, as the model will see it."""
+    served = await served_model(chat.model)
+    prompt = await asyncio.to_thread(served.render, chat)
+    return len(prompt.tokens)
+
+
+async def start(chat: ChatRequest) -> Generation:
+    """Submit the generation `chat` asks for; raises `RequestError` when it cannot start."""
+    served = await served_model(chat.model, to_generate=True)
+    prompt = await asyncio.to_thread(served.render, chat)
+    context = served.loaded.context_length
+    if len(prompt.tokens) > context:
+        raise invalid_request(f"prompt is too long: {len(prompt.tokens)} tokens > {context} maximum")
+    room = context - len(prompt.tokens)
+    if chat.output_schema is not None:
+        log.info("an output schema was given; it is not enforced yet, so the answer is unconstrained")
+    events = EngineEvents(asyncio.get_running_loop(), current_app.config["MLXD_STREAM_BUFFER_EVENTS"])
+    job = GenerationJob(
+        prompt=prompt,
+        max_tokens=room if chat.max_tokens is None else min(chat.max_tokens, room),
+        sampling=resolve(chat.sampling.given(), served.loaded.sampling_defaults),
+        stop_sequences=list(chat.stop),
+        emit=events.emit,
+        label=g.request_id,
+        parts=served.parts(chat),
+    )
+    events.job = job
+    try:
+        served.engine.submit(job)
+    except Overloaded as error:
+        raise RequestError(529, f"overloaded: {error}; retry shortly") from None
+    # The task that runs this request also sends its response, and is cancelled when the client goes
+    # away, at whatever point: once it ends, the engine frees the slot at its next step.
+    asyncio.current_task().add_done_callback(lambda _: job.cancel())
+    record = RequestLog(g.request_id, served.name, len(prompt.tokens), current_app.config["MLXD_METRICS"])
+    return Generation(prompt, events, record, current_app.config["MLXD_PING_INTERVAL"])
+
+
+class Generation:
+    """A submitted generation, seen from the task that answers its request."""
+
+    def __init__(self, prompt: Prompt, events: EngineEvents, record: RequestLog, ping_interval: float):
+        self.prompt = prompt
+        self.ping_interval = ping_interval
+        self._events = events
+        self._record = record
+
+    async def next(self) -> GenerationEvent:
+        """The next event; a terminal one (`Finished`, `Failed`) is also logged."""
+        event = await self._events.get()
+        if isinstance(event, Finished):
+            self._record.finished(event)
+        elif isinstance(event, Failed):
+            self._record.failed(event)
+        return event
+
+    async def first(self, within: float) -> GenerationEvent | None:
+        """The first event if it comes within `within` seconds (`Started` once the engine admits the prompt,
+        normally within a step, or `Failed`), else None."""
+        try:
+            async with asyncio.timeout(within):
+                return await self.next()
+        except TimeoutError:
+            return None
+
+    async def until_end(self) -> list[GenerationEvent]:
+        """Every event to the last, for an answer sent whole; a failure raises."""
+        events = []
+        while not isinstance(event := await self.next(), Finished):
+            if isinstance(event, Failed):
+                raise failure(event)
+            events.append(event)
+        return [*events, event]
+
+    async def sse(self, encoder: StreamEncoder, first: GenerationEvent | None = None) -> AsyncIterator[bytes]:
+        """The SSE body from `first` (already taken) on, with pings in any silence. Whatever fails in here,
+        the stream ends with the API's error event, never a cut connection. Runs outside the app's context,
+        as a response body does."""
+        pending = [first] if first is not None else []
+        while True:
+            if pending:
+                event = pending.pop()
+            else:
+                try:
+                    # Per token: `asyncio.timeout` waits in this task, where `wait_for` makes a task per call.
+                    async with asyncio.timeout(self.ping_interval):
+                        event = await self.next()
+                except TimeoutError:
+                    yield encoder.ping
+                    continue
+            try:
+                frames = encoder.sse(event)
+            except Exception:
+                log.exception(
+                    "could not encode a stream event", extra={"request_id": self._record.request_id}
+                )
+                failed = Failed("the response could not be encoded; see the server log")
+                self._record.failed(failed)
+                yield encoder.sse(failed)
+                return
+            yield frames
+            if isinstance(event, Finished | Failed):
+                return
+
+
+def failure(event: Failed) -> RequestError:
+    """A generation's failure as the error of a response not begun yet."""
+    return RequestError(529 if event.overloaded else 500, event.message, should_retry=event.retry)
+
+
+async def served_model(requested: str, *, to_generate: bool = False) -> ServedModel:
+    """The model a request names, with its tokenizer ready. For a generation, also checked to fit in the
+    memory budget, so that a model too big is refused before any response begins."""
+    registry = _registry()
+    served = registry.resolve(requested)
+    if served is None:
+        raise not_found(requested)
+    try:
+        await asyncio.wrap_future(served.prepare())
+        if to_generate:
+            await asyncio.to_thread(registry.check_room, served)
+    except (ModelLoadError, NoRoom) as error:
+        raise load_failure(error) from None
+    return served
+
+
+def load_failure(error: ModelLoadError | NoRoom) -> RequestError:
+    """A model that cannot load (500, no retry) or has no room in the memory budget (529, retry when models
+    in use may go idle)."""
+    if isinstance(error, NoRoom):
+        return RequestError(529, str(error), should_retry=error.retry)
+    return RequestError(500, str(error), should_retry=False)
+
+
+def not_found(requested: str) -> RequestError:
+    registry = _registry()
+    patterns = ", ".join(rule.pattern for rule in registry.names.rules)
+    return RequestError(
+        404,
+        f"model: {requested} (available: {', '.join(registry.names.available())}; "
+        f"and names matching {patterns})",
+        should_retry=False,
+        param="model",
+    )
+
+
+def _registry() -> ModelRegistry:
+    return current_app.config["MLXD_REGISTRY"]

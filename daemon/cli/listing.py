@@ -1,0 +1,113 @@
+"""What the CLI prints of the models: the running daemon's replies (`mlxd ps`, `mlxd models load|unload`) and
+the models on this machine (`mlxd models list|info`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from daemon.cli.format import duration, table
+from daemon.config.units import format_bytes
+from daemon.store.inventory import CachedModel, ConfiguredModel, ModelFacts
+
+PS_HEADERS = ("MODEL", "STATE", "WEIGHTS", "KV CACHE", "IDLE", "IN FLIGHT", "SERVED", "UNLOADS")
+
+
+def ps_lines(reply: dict[str, Any]) -> list[str]:
+    """`GET /v1/admin/ps`: one row per model (requests in flight, running or queued, and served since the
+    daemon started), then the memory in use against the budget, then the loads that failed."""
+    rows = [
+        [
+            model["name"],
+            model["state"],
+            _loaded_size(model, "weight_bytes"),
+            _loaded_size(model, "cache_bytes"),
+            duration(model["idle_seconds"]) if model["idle_seconds"] is not None else "-",
+            str(model["active_sequences"] + model["queued"]),
+            str(model["requests_served"]),
+            _unloads(model),
+        ]
+        for model in reply["models"]
+    ]
+    lines = table(PS_HEADERS, rows)
+    budget = reply["memory_budget_bytes"]
+    lines.append(
+        f"weights loaded: {format_bytes(reply['weight_bytes'])} of "
+        f"{format_bytes(budget) + ' budget' if budget else 'an unlimited budget'}; "
+        f"MLX holds {format_bytes(reply['active_memory_bytes'])} in all"
+    )
+    lines += [f"{m['name']}: last load failed: {m['last_error']}" for m in reply["models"] if m["last_error"]]
+    return lines
+
+
+def loaded_line(model: dict[str, Any]) -> str:
+    """A model's status once `POST /v1/admin/models/{name}/load` has loaded it."""
+    return f"{model['name']} is loaded ({format_bytes(model['weight_bytes'])} of weights)"
+
+
+def unloaded_line(reply: dict[str, Any]) -> str:
+    """`POST /v1/admin/models/{name}/unload`'s reply."""
+    if not reply["freed_bytes"]:
+        return f"{reply['model']['name']} was not loaded"
+    return f"unloaded {reply['model']['name']}: freed {format_bytes(reply['freed_bytes'])}"
+
+
+def inventory_lines(
+    configured: Sequence[ConfiguredModel], cache: Path, cached: Sequence[CachedModel]
+) -> list[str]:
+    """`mlxd models list`: the configured models (main first), then the MLX models in the cache."""
+    if configured:
+        rows = [
+            [
+                model.name,
+                model.role,
+                format_bytes(model.weight_bytes) if model.weight_bytes is not None else "not downloaded",
+                ", ".join(model.aliases),
+                model.source,
+            ]
+            for model in configured
+        ]
+        lines = ["Configured:", *table(["NAME", "ROLE", "SIZE", "ALIASES", "SOURCE"], rows)]
+    else:
+        lines = ['Configured: none (the daemon serves its demo model; see the README, "Models")']
+    lines += ["", f"In the Hugging Face cache ({cache}):"]
+    if not cached:
+        return [*lines, "nothing yet; download with `mlxd models pull REPO`"]
+    names = {model.source: model.name for model in configured}
+    cached_rows = [
+        [
+            m.repo_id,
+            format_bytes(m.size_bytes),
+            m.last_modified.strftime("%Y-%m-%d"),
+            names.get(m.repo_id, ""),
+        ]
+        for m in cached
+    ]
+    return [*lines, *table(["REPO", "SIZE", "MODIFIED", "CONFIGURED AS"], cached_rows)]
+
+
+def facts_lines(facts: ModelFacts) -> list[str]:
+    """`mlxd models info`: one labelled line per fact."""
+    labelled = [
+        ("model", facts.source),
+        ("path", str(facts.path)),
+        ("architecture", facts.architecture),
+        ("quantization", facts.quantization),
+        ("context", f"{facts.context_length} tokens"),
+        ("size", format_bytes(facts.weight_bytes)),
+        ("tool calls", f"yes ({facts.tool_parser} format)" if facts.tool_parser else "no"),
+        ("thinking", f"yes ({' … '.join(facts.thinking)})" if facts.thinking else "no"),
+        ("chat template", "yes" if facts.chat_template else "no (prompts are plain transcripts)"),
+    ]
+    return [f"{label + ':':<15}{value}" for label, value in labelled]
+
+
+def _loaded_size(model: dict[str, Any], key: str) -> str:
+    return format_bytes(model[key]) if model["state"] == "loaded" else "-"
+
+
+def _unloads(model: dict[str, Any]) -> str:
+    if model["pinned"]:
+        return "never (pinned)"
+    return f"after {duration(model['ttl'])} idle" if model["ttl"] else "never"

@@ -1,0 +1,134 @@
+"""What the CLI prints of the daemon's replies and of the models on this machine, checked on literal input."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from daemon.cli.listing import facts_lines, inventory_lines, loaded_line, ps_lines, unloaded_line
+from daemon.store.inventory import CachedModel, ConfiguredModel, ModelFacts
+
+MiB = 2**20
+
+
+def status(name: str, state: str, **fields: object) -> dict[str, object]:
+    """One model of `GET /v1/admin/ps`'s reply: unloaded and never asked for unless `fields` say otherwise."""
+    defaults = {
+        "weight_bytes": 0,
+        "cache_bytes": 0,
+        "idle_seconds": None,
+        "active_sequences": 0,
+        "queued": 0,
+        "requests_served": 0,
+        "pinned": False,
+        "ttl": 0.0,
+        "last_error": None,
+    }
+    return {"name": name, "state": state, **defaults, **fields}
+
+
+PS_REPLY = {
+    "models": [
+        status("alpha", "unloaded", ttl=600.0),
+        status(
+            "beta",
+            "loaded",
+            weight_bytes=799129,
+            cache_bytes=2048,
+            idle_seconds=75.4,
+            requests_served=12,
+            last_error="boom",
+        ),
+        status(
+            "endless",
+            "loaded",
+            weight_bytes=5 * MiB,
+            active_sequences=2,
+            queued=1,
+            requests_served=3,
+            pinned=True,
+        ),
+    ],
+    "memory_budget_bytes": 2**30,
+    "weight_bytes": 799129 + 5 * MiB,
+    "active_memory_bytes": 3 * MiB,
+}
+
+
+def test_ps_shows_requests_in_flight_and_served_per_model() -> None:
+    assert ps_lines(PS_REPLY) == [
+        "MODEL    STATE     WEIGHTS    KV CACHE  IDLE  IN FLIGHT  SERVED  UNLOADS",
+        "alpha    unloaded  -          -         -     0          0       after 10m idle",
+        "beta     loaded    780.4 KiB  2.0 KiB   1m    0          12      never",
+        "endless  loaded    5.0 MiB    0 B       -     3          3       never (pinned)",
+        "weights loaded: 5.8 MiB of 1.0 GiB budget; MLX holds 3.0 MiB in all",
+        "beta: last load failed: boom",
+    ]
+    unlimited = ps_lines({**PS_REPLY, "memory_budget_bytes": 0})
+    assert unlimited[4] == "weights loaded: 5.8 MiB of an unlimited budget; MLX holds 3.0 MiB in all"
+
+
+def test_load_and_unload_replies() -> None:
+    beta = PS_REPLY["models"][1]
+    assert loaded_line(beta) == "beta is loaded (780.4 KiB of weights)"
+    assert unloaded_line({"model": beta, "freed_bytes": 799129}) == "unloaded beta: freed 780.4 KiB"
+    assert unloaded_line({"model": PS_REPLY["models"][0], "freed_bytes": 0}) == "alpha was not loaded"
+
+
+def test_model_facts() -> None:
+    facts = ModelFacts(
+        source="org/m",
+        path=Path("/hf/m"),
+        architecture="qwen3, Qwen3ForCausalLM",
+        quantization="4-bit, group size 64, affine",
+        context_length=32768,
+        weight_bytes=5 * MiB,
+        tool_parser="json_tools",
+        thinking=("<think>", "</think>"),
+        chat_template=True,
+    )
+    assert facts_lines(facts) == [
+        "model:         org/m",
+        "path:          /hf/m",
+        "architecture:  qwen3, Qwen3ForCausalLM",
+        "quantization:  4-bit, group size 64, affine",
+        "context:       32768 tokens",
+        "size:          5.0 MiB",
+        "tool calls:    yes (json_tools format)",
+        "thinking:      yes (<think> … </think>)",
+        "chat template: yes",
+    ]
+    plain = ModelFacts("org/m", Path("/hf/m"), "llama", "none (float32)", 4096, 1000, None, None, False)
+    assert facts_lines(plain)[-3:] == [
+        "tool calls:    no",
+        "thinking:      no",
+        "chat template: no (prompts are plain transcripts)",
+    ]
+
+
+def test_inventory_lists_the_configured_models_then_the_cache() -> None:
+    configured = [
+        ConfiguredModel("alpha", "main", 1536, ("house", "h2"), "/models/alpha"),
+        ConfiguredModel("beta", "small", None, (), "org/beta"),
+    ]
+    cached = [
+        CachedModel("org/beta", 3 * MiB, datetime(2025, 3, 4, tzinfo=UTC), Path("/hf/hub/b")),
+        CachedModel("org/zeta", 2**30, datetime(2024, 1, 2, tzinfo=UTC), Path("/hf/hub/z")),
+    ]
+    assert inventory_lines(configured, Path("/hf/hub"), cached) == [
+        "Configured:",
+        "NAME   ROLE   SIZE            ALIASES    SOURCE",
+        "alpha  main   1.5 KiB         house, h2  /models/alpha",
+        "beta   small  not downloaded             org/beta",
+        "",
+        "In the Hugging Face cache (/hf/hub):",
+        "REPO      SIZE     MODIFIED    CONFIGURED AS",
+        "org/beta  3.0 MiB  2025-03-04  beta",
+        "org/zeta  1.0 GiB  2024-01-02",
+    ]
+    assert inventory_lines([], Path("/hf/hub"), []) == [
+        'Configured: none (the daemon serves its demo model; see the README, "Models")',
+        "",
+        "In the Hugging Face cache (/hf/hub):",
+        "nothing yet; download with `mlxd models pull REPO`",
+    ]
