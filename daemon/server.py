@@ -22,7 +22,7 @@ from quart import Quart, Response, g, request
 
 from daemon import __version__
 from daemon.anthropic.errors import envelope, error_type
-from daemon.api import admin, boundary, errors, health, messages, metrics, models
+from daemon.api import admin, boundary, chat_completions, errors, health, messages, metrics, models
 from daemon.api.auth import token_checker
 from daemon.api.metrics import Metrics
 from daemon.config.logs import current_request, new_request_id
@@ -84,7 +84,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         return response
 
     errors.register(app)
-    for module in (health, models, messages, metrics, admin):
+    for module in (health, models, messages, chat_completions, metrics, admin):
         app.register_blueprint(module.blueprint)
     return app
 
