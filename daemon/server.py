@@ -103,12 +103,20 @@ def load_registry(settings: Settings) -> ModelRegistry:
             sampling=m.sampling,
             pinned=m.pinned,
             ttl=m.ttl,
+            constrained=settings.constrained_decoding,
         )
         for m in settings.served_models()
     ]
     if not specs:
         demo = ensure_demo_model(data_dir())
-        specs = [ModelSpec(settings.served_name, str(demo), context_length=settings.context_length)]
+        specs = [
+            ModelSpec(
+                settings.served_name,
+                str(demo),
+                context_length=settings.context_length,
+                constrained=settings.constrained_decoding,
+            )
+        ]
         log.warning(DEMO_WARNING.format(config=default_config_path()))
     options = EngineOptions(
         limits=EngineLimits(settings.max_sequences, settings.max_queued, settings.prefill_step_size),

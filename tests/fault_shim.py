@@ -59,7 +59,8 @@ class FailingSampling:
 
 _forward_fault = threading.Event()
 _insert = runner.Engine._insert
-_constraints = runner.Engine._constraints
+_logits_processors = runner.logits_processors
+_admitting: set[str] = set()  # the stages asked by the job being admitted (admission runs on one thread)
 
 
 def insert(self: runner.Engine, batch: Any, job: runner.GenerationJob, submitted: float) -> None:
@@ -70,18 +71,18 @@ def insert(self: runner.Engine, batch: Any, job: runner.GenerationJob, submitted
         job.sampling = FailingSampling()  # type: ignore[assignment]
     if "batch" in asked:
         _arm_forward_fault(self.loaded.model)
-    self._fault_stages = asked  # read by `constraints`, called from the original `_insert`
+    _admitting.clear()
+    _admitting.update(asked)  # read by `logits_processors`, called from the original `_insert`
     _insert(self, batch, job, submitted)
 
 
-def constraints(self: runner.Engine, prompt: Any) -> list:
-    processors = _constraints(self, prompt)
-    asked = getattr(self, "_fault_stages", set())
-    if "prefill" in asked:
+def logits_processors(prompt: Any, model: Any) -> tuple[list, Any]:
+    processors, grammar = _logits_processors(prompt, model)
+    if "prefill" in _admitting:
         processors.append(failing_processor(1))
-    if "decode" in asked:
+    if "decode" in _admitting:
         processors.append(failing_processor(3))
-    return processors
+    return processors, grammar
 
 
 def _arm_forward_fault(model: Any) -> None:
@@ -119,7 +120,7 @@ class FailingStream(messages.MessageStream):
 
 
 runner.Engine._insert = insert
-runner.Engine._constraints = constraints
+runner.logits_processors = logits_processors
 OutputDecoder.feed = feed
 messages.MessageStream = FailingStream
 

@@ -23,7 +23,10 @@ GREEDY = {"temperature": 0}
 def server(tmp_path_factory) -> Iterator[RunningServer]:
     model = trained_model(TOOL_EXAMPLES, cache_dir=MODELS)
     home = tmp_path_factory.mktemp("tools")
-    with run_server(home, "--model", str(model), "--model-name", MODEL) as running:
+    # These tests read what the model writes, malformed calls and all: unconstrained, as for a format
+    # without a grammar. Calls held to their grammars are tested in tests/test_constrained.py.
+    env = server_env(home, MLXD_CONSTRAINED_DECODING="false")
+    with run_server(home, "--model", str(model), "--model-name", MODEL, env=env) as running:
         yield running
 
 

@@ -55,13 +55,39 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.constrained = Counter(
+            "mlxd_constrained_requests",
+            "Generations held to a grammar (tool calls, or an answer asked to fit a JSON schema).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.grammar_compile = Histogram(
+            "mlxd_grammar_compile_seconds",
+            "Compiling a request's grammar (0 when a compiled one was kept).",
+            ["model"],
+            buckets=(0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5),
+            registry=self.registry,
+        )
+        self.mask_time = Histogram(
+            "mlxd_grammar_mask_seconds_per_token",
+            "Mean time one constrained request spent computing each token's mask.",
+            ["model"],
+            buckets=(0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05),
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(models))
+
+    def grammar_compiled(self, model: str, seconds: float) -> None:
+        self.constrained.labels(model).inc()
+        self.grammar_compile.labels(model).observe(seconds)
 
     def generation(self, model: str, finished: Finished) -> None:
         usage = finished.usage
         self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
         self.tokens.labels(model, "cached").inc(usage.cached_tokens)
         self.tokens.labels(model, "output").inc(usage.output_tokens)
+        if finished.constrained_tokens:
+            self.mask_time.labels(model).observe(finished.mask_seconds / finished.constrained_tokens)
         if finished.time_to_first_token is not None and usage.output_tokens:
             self.time_to_first_token.labels(model).observe(finished.time_to_first_token)
         if usage.output_tokens > 1:

@@ -18,6 +18,7 @@ from daemon.api.bridge import EngineEvents, RequestLog
 from daemon.chat.errors import RequestError, invalid_request
 from daemon.chat.events import Failed, Finished, GenerationEvent
 from daemon.chat.request import ChatRequest
+from daemon.engine.grammar import GrammarError
 from daemon.engine.jobs import GenerationJob, Overloaded
 from daemon.engine.memory import NoRoom
 from daemon.engine.prompt import Prompt
@@ -38,20 +39,17 @@ class StreamEncoder(Protocol):
 async def count_tokens(chat: ChatRequest) -> int:
     """The prompt's length in tokens, as the model will see it."""
     served = await served_model(chat.model)
-    prompt = await asyncio.to_thread(served.render, chat)
-    return len(prompt.tokens)
+    return len((await _render(served, chat)).tokens)
 
 
 async def start(chat: ChatRequest) -> Generation:
     """Submit the generation `chat` asks for; raises `RequestError` when it cannot start."""
     served = await served_model(chat.model, to_generate=True)
-    prompt = await asyncio.to_thread(served.render, chat)
+    prompt = await _render(served, chat)
     context = served.loaded.context_length
     if len(prompt.tokens) > context:
         raise invalid_request(f"prompt is too long: {len(prompt.tokens)} tokens > {context} maximum")
     room = context - len(prompt.tokens)
-    if chat.output_schema is not None:
-        log.info("an output schema was given; it is not enforced yet, so the answer is unconstrained")
     events = EngineEvents(asyncio.get_running_loop(), current_app.config["MLXD_STREAM_BUFFER_EVENTS"])
     job = GenerationJob(
         prompt=prompt,
@@ -70,7 +68,7 @@ async def start(chat: ChatRequest) -> Generation:
     # The task that runs this request also sends its response, and is cancelled when the client goes
     # away, at whatever point: once it ends, the engine frees the slot at its next step.
     asyncio.current_task().add_done_callback(lambda _: job.cancel())
-    record = RequestLog(g.request_id, served.name, len(prompt.tokens), current_app.config["MLXD_METRICS"])
+    record = RequestLog(g.request_id, served.name, prompt, current_app.config["MLXD_METRICS"])
     return Generation(prompt, events, record, current_app.config["MLXD_PING_INTERVAL"])
 
 
@@ -139,6 +137,14 @@ class Generation:
             yield frames
             if isinstance(event, Finished | Failed):
                 return
+
+
+async def _render(served: ServedModel, chat: ChatRequest) -> Prompt:
+    """The prompt, rendered off the event loop; a schema no grammar can enforce is the client's error."""
+    try:
+        return await asyncio.to_thread(served.render, chat)
+    except GrammarError as error:
+        raise invalid_request(str(error)) from None
 
 
 def failure(event: Failed) -> RequestError:

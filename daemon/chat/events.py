@@ -46,6 +46,8 @@ class Finished:
     time_to_first_token: float | None = None
     decode_seconds: float = 0.0
     tool_parse_failures: int = 0
+    constrained_tokens: int = 0  # tokens generated under a grammar's mask
+    mask_seconds: float = 0.0  # spent computing those masks
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ class Settings(BaseModel):
     prompt_cache_dir: Path | None = None
     prompt_cache_save_bytes: int = Field(4 * 2**30, ge=0)
     strip_billing_header: bool = True
+    constrained_decoding: bool = True  # hold calls and JSON answers to their grammars
     models: tuple[ModelConfig, ...] = ()
     model_rules: tuple[ModelRule, ...] = ()
     small_model: str | None = None

@@ -1,11 +1,15 @@
-"""Logits processors that constrain what a model may generate: banned tokens, and a thinking budget that
-closes the reasoning section by forcing its end marker once the budget is spent."""
+"""Logits processors that constrain what a model may generate: banned tokens, a thinking budget that closes
+the reasoning section by forcing its end marker once the budget is spent, and a response's grammar."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import mlx.core as mx
+
+from daemon.engine.constrained import GrammarConstraint
+from daemon.engine.model import LoadedModel
+from daemon.engine.prompt import Prompt
 
 
 def ban(tokens: tuple[int, ...]):
@@ -55,3 +59,31 @@ class ThinkingBudget:
         forced[..., self.end[self.forced]] = 0
         self.forced += 1
         return forced
+
+
+def logits_processors(prompt: Prompt, model: LoadedModel) -> tuple[list, GrammarConstraint | None]:
+    """The processors a prompt's response runs through, in order, and the grammar's among them."""
+    processors: list = []
+    if prompt.banned_tokens:
+        processors.append(ban(prompt.banned_tokens))
+    tokenizer = model.tokenizer
+    marks = (tokenizer.think_start_tokens, tokenizer.think_end_tokens) if tokenizer.has_thinking else ()
+    if prompt.thinking_budget is not None and marks:
+        processors.append(
+            ThinkingBudget(prompt.thinking_budget, *map(tuple, marks), thinking=prompt.starts_in_thinking)
+        )
+    grammar = None
+    if prompt.grammar is not None and model.grammars is not None:
+        # Reasoning stays free where the model marks it with one token each way.
+        single = marks and len(marks[0]) == len(marks[1]) == 1
+        reasoning = (
+            (marks[0][0], marks[1][0]) if single and (prompt.thinking or prompt.starts_in_thinking) else None
+        )
+        grammar = GrammarConstraint(
+            prompt.grammar.template.deep_copy(),
+            model.grammars.lltokenizer.vocab_size,
+            reasoning=reasoning,
+            in_reasoning=prompt.starts_in_thinking and reasoning is not None,
+        )
+        processors.append(grammar)
+    return processors, grammar

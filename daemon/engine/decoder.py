@@ -15,7 +15,7 @@ from mlx_lm.generate import TextStateMachine
 from daemon.chat.events import BlockDelta, BlockKind, BlockStart, BlockStop, GenerationEvent
 from daemon.engine.call_stream import CallReader, reader_for
 from daemon.engine.prompt import Prompt
-from daemon.engine.tools import GENERIC_START, ToolFormat, coerce_argument
+from daemon.engine.tools import GENERIC_START, ToolFormat, coerce_argument, declared
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,9 @@ class OutputDecoder:
         events: list[GenerationEvent] = []
         if self._open != "tool_use":
             if reader.name is None or not (arguments or reader.closed):
+                return []
+            if not declared(self._tools, reader.name):
+                self._reader = None  # read whole at its end, and returned as text
                 return []
             events = [*self._close(), BlockStart("tool_use", reader.name)]
             self._open = "tool_use"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from daemon.engine.grammar import GrammarCompiler
 from daemon.store.files import context_length_of, fingerprint, read_json, resolve_path
 
 
@@ -21,6 +22,7 @@ class PreparedModel:
     config: dict[str, Any]
     context_length: int
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
+    grammars: GrammarCompiler | None = None  # compiles the grammars that constrain its output
 
 
 @dataclass(kw_only=True)
@@ -32,10 +34,15 @@ class LoadedModel(PreparedModel):
 
 
 def prepare_model(
-    name: str, source: str, *, context_length: int | None = None, sampling: dict[str, Any] | None = None
+    name: str,
+    source: str,
+    *,
+    context_length: int | None = None,
+    sampling: dict[str, Any] | None = None,
+    constrained: bool = True,
 ) -> PreparedModel:
     """Read the tokenizer and config, as `mlx_lm.load` would; `sampling` overrides the model's own
-    recommendations (generation_config.json)."""
+    recommendations (generation_config.json); `constrained`: its output may be held to grammars."""
     from mlx_lm.utils import load_config, load_tokenizer
 
     from daemon.engine.sampling import model_defaults
@@ -50,6 +57,9 @@ def prepare_model(
         config=config,
         context_length=context_length or context_length_of(config),
         sampling_defaults={**model_defaults(read_json(path / "generation_config.json")), **(sampling or {})},
+        grammars=GrammarCompiler(tokenizer, _vocab_size(config) or len(tokenizer._tokenizer))
+        if constrained
+        else None,
     )
 
 
@@ -60,3 +70,11 @@ def load_weights(prepared: PreparedModel, path: Path) -> LoadedModel:
     model, _ = load_mlx_model(path)
     facts = {f.name: getattr(prepared, f.name) for f in fields(PreparedModel)}
     return LoadedModel(**{**facts, "path": path}, model=model, fingerprint=fingerprint(path))
+
+
+def _vocab_size(config: dict[str, Any]) -> int | None:
+    """The width of the model's logits, as its config states it."""
+    for section in (config, config.get("text_config") or {}):
+        if isinstance(section.get("vocab_size"), int):
+            return section["vocab_size"]
+    return None

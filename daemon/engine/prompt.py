@@ -15,6 +15,7 @@ from jinja2 import TemplateError
 from mlx_lm.utils import common_prefix_len
 
 from daemon.chat.request import ChatRequest, Image, Message, Reasoning, Text, ToolCall, ToolChoice, ToolResult
+from daemon.engine.grammar import Grammar, GrammarCompiler, constrains_calls, request_grammar
 from daemon.engine.tools import (
     GENERIC_END,
     GENERIC_FORMAT,
@@ -42,6 +43,7 @@ class Prompt:
     single_call: bool = False  # stop after the first call (`disable_parallel_tool_use`, a forced call)
     banned_tokens: tuple[int, ...] = ()  # tokens the model may not generate (`tool_choice: none`)
     thinking_budget: int | None = None
+    grammar: Grammar | None = None  # what the response is held to: its calls, or a JSON answer
 
 
 def chat_messages(request: ChatRequest) -> list[ChatMessage]:
@@ -65,8 +67,10 @@ def tool_definitions(request: ChatRequest) -> list[dict[str, Any]]:
     ]
 
 
-def render(tokenizer: Any, request: ChatRequest) -> Prompt:
-    """Tokens of the prompt exactly as the model will process it, and how to read what it writes."""
+def render(tokenizer: Any, request: ChatRequest, grammars: GrammarCompiler | None = None) -> Prompt:
+    """Tokens of the prompt exactly as the model will process it, and how to read what it writes. With
+    `grammars`, calls in a format that has a grammar, and an answer asked to fit a schema, are held to one
+    (raises `GrammarError` when a schema cannot be enforced)."""
     messages = chat_messages(request)
     if len(messages) > 1 and messages[-1] == {"role": "assistant", "content": ""}:
         messages.pop()  # an empty assistant turn prefills nothing
@@ -102,15 +106,23 @@ def render(tokenizer: Any, request: ChatRequest) -> Prompt:
         shared = common_prefix_len(tokens, _apply_template(tokenizer, head, head_kwargs))
     prompt = Prompt(tokens, thinking, starts_in_thinking, tools, prefill, shared, tool_format)
     budget = request.thinking.budget_tokens if thinking else None
-    return _with_tool_choice(tokenizer, replace(prompt, thinking_budget=budget), request.tool_choice)
+    choice = request.tool_choice
+    guided = grammars is not None and constrains_calls(tool_format, request.tools, choice)
+    prompt = _with_tool_choice(tokenizer, replace(prompt, thinking_budget=budget), choice, guided=guided)
+    if grammars is None:
+        return prompt
+    grammar = request_grammar(prompt.tool_format, request.tools, choice, request.output_schema, grammars)
+    return replace(prompt, grammar=grammar)
 
 
-def _with_tool_choice(tokenizer: Any, prompt: Prompt, choice: ToolChoice) -> Prompt:
-    """`none` bans the call marker; `required` and `tool` end the prompt with a call's opening (and the
-    tool's name), so that a call is what the model writes next."""
+def _with_tool_choice(tokenizer: Any, prompt: Prompt, choice: ToolChoice, *, guided: bool) -> Prompt:
+    """`none` bans the call marker; `required` and `tool` make a call what the model writes next: its
+    grammar forces it when `guided`, else the prompt ends with the call's opening (and the tool's name)."""
     tool_format = prompt.tool_format
     if tool_format is None or choice.mode == "auto":
         return replace(prompt, single_call=not choice.parallel)
+    if guided and choice.mode != "none":
+        return replace(prompt, single_call=True)
     if choice.mode == "none":
         markers = [
             tokenizer.encode(m, add_special_tokens=False) for m in (tool_format.start, tool_format.end) if m

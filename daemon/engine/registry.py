@@ -56,6 +56,7 @@ class ModelSpec:
     sampling: Mapping[str, Any] = field(default_factory=dict)
     pinned: bool = False
     ttl: float | None = None  # None: the registry's default
+    constrained: bool = True  # calls and JSON answers held to their grammars
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,11 @@ class ServedModel:
         spec = self.spec
         try:
             prepared = prepare_model(
-                spec.name, spec.source, context_length=spec.context_length, sampling=dict(spec.sampling)
+                spec.name,
+                spec.source,
+                context_length=spec.context_length,
+                sampling=dict(spec.sampling),
+                constrained=spec.constrained,
             )
         except Exception as error:  # whatever the files or the network did: reported, never fatal
             raise ModelLoadError(f"model {spec.name} cannot be loaded from {spec.source}: {error}") from error
@@ -149,7 +154,7 @@ class ServedModel:
         return self._context_length
 
     def render(self, request: ChatRequest) -> Prompt:
-        return render(self.loaded.tokenizer, request)
+        return render(self.loaded.tokenizer, request, self.loaded.grammars)
 
     def parts(self, request: ChatRequest) -> list[Part]:
         return request_parts(request)

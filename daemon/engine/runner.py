@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 from daemon.chat.events import Failed, Finished, GenerationEvent, Started, Usage
 from daemon.config.logs import current_request
-from daemon.engine.constraints import ThinkingBudget, ban
+from daemon.engine.constrained import GrammarConstraint
+from daemon.engine.constraints import logits_processors
 from daemon.engine.decoder import OutputDecoder
 from daemon.engine.guards import guard_processor, guard_sampler, reset_random_state
 from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
 from daemon.engine.model import LoadedModel
-from daemon.engine.prompt import Prompt
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.reuse import ReuseMonitor
 
@@ -46,6 +46,7 @@ class _Running:
     segments_left: int  # segment boundaries still to reach, each storing its prefix in the cache
     first_token: float | None = None
     output_tokens: int = 0
+    grammar: GrammarConstraint | None = None  # what holds this sequence to its grammar
     fault: BaseException | None = None  # raised by this request's own sampler or logits processors
 
     def fault_in(self, error: BaseException) -> None:
@@ -198,33 +199,18 @@ class Engine:
         cuts = [hit.reused, *boundaries, len(prompt.tokens)]
         segments = [prompt.tokens[a:b] for a, b in itertools.pairwise(cuts)]
         decoder = OutputDecoder(self.loaded.tokenizer, prompt, job.stop_sequences)
-        running = _Running(job, decoder, submitted, hit.reused, len(boundaries))
+        processors, grammar = logits_processors(prompt, self.loaded)
+        running = _Running(job, decoder, submitted, hit.reused, len(boundaries), grammar=grammar)
         (uid,) = batch.insert_segments(
             [segments],
             max_tokens=[max(job.max_tokens, 1)],
             caches=[hit.cache],
             all_tokens=[prompt.tokens[: hit.reused]],
             samplers=[guard_sampler(job.sampling.sampler(self._vocab_size), running.fault_in)],
-            logits_processors=[[guard_processor(p, running.fault_in) for p in self._constraints(prompt)]],
+            logits_processors=[[guard_processor(p, running.fault_in) for p in processors]],
         )
         self._running[uid] = running
         job.emit(Started(self._usage(running)))
-
-    def _constraints(self, prompt: Prompt) -> list:
-        processors = []
-        if prompt.banned_tokens:
-            processors.append(ban(prompt.banned_tokens))
-        tokenizer = self.loaded.tokenizer
-        if prompt.thinking_budget is not None and tokenizer.has_thinking:
-            processors.append(
-                ThinkingBudget(
-                    prompt.thinking_budget,
-                    tuple(tokenizer.think_start_tokens),
-                    tuple(tokenizer.think_end_tokens),
-                    thinking=prompt.starts_in_thinking,
-                )
-            )
-        return processors
 
     def _step(self, batch) -> None:
         """One step of the whole batch; a fault of one request's own parts ends that request alone."""
@@ -287,7 +273,7 @@ class Engine:
             # The generator has already let go of a sequence it ended, whatever the decoder saw in its
             # last token (a stop sequence or a call closing on the last token `max_tokens` allows).
             cache, tokens = response.prompt_cache, response.all_tokens
-        elif decoder.finished_early:
+        elif decoder.finished_early or (running.grammar is not None and running.grammar.complete):
             cache, tokens = batch.remove([response.uid], return_prompt_caches=True)[response.uid]
         else:
             return
@@ -300,7 +286,7 @@ class Engine:
                 emit(event)
             if decoder.finished_early:
                 reason = "stop_sequence" if decoder.stop_sequence is not None else "tool_use"
-            elif response.finish_reason == "stop":
+            elif response.finish_reason == "stop" or response.finish_reason is None:  # ended, or whole
                 reason = "tool_use" if decoder.tool_calls else "end_turn"
             else:
                 reason = "max_tokens"
@@ -316,6 +302,8 @@ class Engine:
             time_to_first_token=first - running.submitted,
             decode_seconds=now - first,
             tool_parse_failures=running.decoder.parse_failures,
+            constrained_tokens=running.grammar.tokens if running.grammar else 0,
+            mask_seconds=running.grammar.mask_seconds if running.grammar else 0.0,
         )
 
     def _usage(self, running: _Running, output_tokens: int = 0) -> Usage:

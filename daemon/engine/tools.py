@@ -40,6 +40,8 @@ class ToolFormat:
                 arguments = json.loads(arguments)
             if not isinstance(name, str) or not name or not isinstance(arguments, dict):
                 raise ValueError("a tool call needs a name and an object of arguments")
+            if not declared(tools, name):
+                raise ValueError(f"a call to {name!r}, a tool the request did not declare")
             found.append((name, coerce(arguments, schema_of(tools, name))))
         return found
 
@@ -65,6 +67,10 @@ def generic_instructions(tools: list[dict[str, Any]]) -> str:
         f'{{"name": "tool name", "arguments": {{...}}}}\n{GENERIC_END}\n'
         "The results come back in <tool_response></tool_response> blocks."
     )
+
+
+def declared(tools: list[dict[str, Any]], name: str) -> bool:
+    return any(tool["function"]["name"] == name for tool in tools)
 
 
 def schema_of(tools: list[dict[str, Any]], name: str) -> dict[str, Any]:
