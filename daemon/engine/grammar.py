@@ -164,7 +164,25 @@ def request_grammar(
     it must be JSON of a schema, or None. A schema llguidance cannot enforce is refused (`GrammarError`,
     naming the tool or the output schema and the keyword) when the request demands it be kept: the output
     schema, a forced call, a `strict` tool. A tool merely on offer keeps the part of its schema that can be
-    enforced, so that one unusual tool (an MCP server's, say) never makes a whole conversation fail."""
+    enforced, so that one unusual tool (an MCP server's, say) never makes a whole conversation fail. The
+    compile time counts every schema compiled for the first time along the way."""
+    started, compiled = time.perf_counter(), compiler.compiled
+    text = _request_text(fmt, tools, choice, answer_schema, compiler)
+    if text is None:
+        return None
+    grammar = compiler.compile(text)
+    if compiler.compiled == compiled:
+        return grammar  # all of it kept from before
+    return Grammar(grammar.template, time.perf_counter() - started)
+
+
+def _request_text(
+    fmt: ToolFormat | None,
+    tools: tuple[Tool, ...],
+    choice: ToolChoice,
+    answer_schema: dict[str, Any] | None,
+    compiler: GrammarCompiler,
+) -> str | None:
     if answer_schema is not None and (reason := compiler.check_schema(answer_schema)) is not None:
         raise GrammarError(f"the output schema cannot be enforced: {reason}")
     if constrains_calls(fmt, tools, choice):
@@ -178,12 +196,14 @@ def request_grammar(
             if forced or tool.strict:
                 raise GrammarError(f"tool {tool.name!r}: its input_schema cannot be enforced: {reason}")
             if compiler.check_schema(tool.parameters or {}, lenient=True) is None:
-                log.warning("tool %r: %s; its arguments keep to the rest of its schema", tool.name, reason)
+                compiler.warn_once(
+                    f"tool {tool.name!r}: {reason}; its arguments keep to the rest of its schema"
+                )
                 lenient.add(tool.name)
             else:
-                log.warning("tool %r: %s; its arguments are held to a JSON object", tool.name, reason)
+                compiler.warn_once(f"tool {tool.name!r}: {reason}; its arguments are held to a JSON object")
                 held[i] = replace(tool, parameters={"type": "object"})
-        text = tool_grammar(
+        return tool_grammar(
             fmt,
             tuple(held),
             forced=forced,
@@ -193,11 +213,7 @@ def request_grammar(
             answer_schema=None if forced else answer_schema,
             lenient=frozenset(lenient),
         )
-    elif answer_schema is not None:
-        text = answer_grammar(answer_schema)
-    else:
-        return None
-    return compiler.compile(text)
+    return answer_grammar(answer_schema) if answer_schema is not None else None
 
 
 class GrammarCompiler:
@@ -209,6 +225,8 @@ class GrammarCompiler:
         self._tokenizer = tokenizer
         self._lltokenizer: Any = None
         self._kept: OrderedDict[str, Grammar] = OrderedDict()
+        self.compiled = 0  # grammars compiled, not taken from those kept
+        self._warned: set[str] = set()
         self._lock = threading.Lock()
 
     @property
@@ -222,6 +240,14 @@ class GrammarCompiler:
                 # A mask covers the model's logits and every token the tokenizer has, whichever is more.
                 self._lltokenizer = from_tokenizer(hf, max(self.vocab_size, len(hf)), eos_token=eos)
             return self._lltokenizer
+
+    def warn_once(self, message: str) -> None:
+        """Log a warning the first time only: the same tools come on every turn."""
+        with self._lock:
+            if message in self._warned:
+                return
+            self._warned.add(message)
+        log.warning("%s", message)
 
     def marker(self, text: str) -> str:
         """`text` in a grammar: the special token it is (which text can never spell), else a literal."""
@@ -247,6 +273,7 @@ class GrammarCompiler:
             raise GrammarError(_reason(template.get_error()))
         compiled = Grammar(template, time.perf_counter() - started)
         with self._lock:
+            self.compiled += 1
             self._kept[grammar] = compiled
             while len(self._kept) > CACHED_GRAMMARS:
                 self._kept.popitem(last=False)
