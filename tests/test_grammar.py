@@ -13,9 +13,10 @@ import pytest
 from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 from mlx_lm.utils import load_config, load_tokenizer
 
-from daemon.chat.request import Tool, ToolChoice
+from daemon.chat.request import ChatRequest, Message, Text, Tool, ToolChoice
 from daemon.engine.constrained import GrammarConstraint
 from daemon.engine.grammar import GrammarCompiler, GrammarError, closed_schema, request_grammar
+from daemon.engine.prompt import render
 from daemon.engine.tools import model_format
 
 WEATHER = {
@@ -126,3 +127,18 @@ def test_closed_schema_closes_every_object_that_does_not_say() -> None:
         },
         "additionalProperties": False,
     }
+
+
+def test_an_answer_continuing_the_clients_start_is_held_from_where_it_stands(
+    compiler: GrammarCompiler,
+) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+    def rendered(begun: str):
+        messages = (Message("user", (Text("x"),)), Message("assistant", (Text(begun),)))
+        return render(compiler._tokenizer, ChatRequest("m", messages, output_schema=schema), compiler)
+
+    prompt = rendered('{"a": ')
+    assert compiler._tokenizer.decode(list(prompt.grammar_begun)) == '{"a": '
+    with pytest.raises(GrammarError, match="does not fit"):
+        rendered("not JSON")

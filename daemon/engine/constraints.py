@@ -79,8 +79,10 @@ def logits_processors(prompt: Prompt, model: LoadedModel) -> tuple[list, Grammar
         reasoning = (
             (marks[0][0], marks[1][0]) if single and (prompt.thinking or prompt.starts_in_thinking) else None
         )
+        matcher = prompt.grammar.template.deep_copy()
+        matcher.consume_tokens(list(prompt.grammar_begun))  # checked to fit when the prompt was rendered
         grammar = GrammarConstraint(
-            prompt.grammar.template.deep_copy(),
+            matcher,
             model.grammars.lltokenizer.vocab_size,
             reasoning=reasoning,
             in_reasoning=prompt.starts_in_thinking and reasoning is not None,

@@ -15,7 +15,7 @@ from jinja2 import TemplateError
 from mlx_lm.utils import common_prefix_len
 
 from daemon.chat.request import ChatRequest, Image, Message, Reasoning, Text, ToolCall, ToolChoice, ToolResult
-from daemon.engine.grammar import Grammar, GrammarCompiler, constrains_calls, request_grammar
+from daemon.engine.grammar import Grammar, GrammarCompiler, GrammarError, constrains_calls, request_grammar
 from daemon.engine.tools import (
     GENERIC_END,
     GENERIC_FORMAT,
@@ -44,6 +44,7 @@ class Prompt:
     banned_tokens: tuple[int, ...] = ()  # tokens the model may not generate (`tool_choice: none`)
     thinking_budget: int | None = None
     grammar: Grammar | None = None  # what the response is held to: its calls, or a JSON answer
+    grammar_begun: tuple[int, ...] = ()  # what of it the prompt already holds (an assistant turn continued)
 
 
 def chat_messages(request: ChatRequest) -> list[ChatMessage]:
@@ -112,7 +113,15 @@ def render(tokenizer: Any, request: ChatRequest, grammars: GrammarCompiler | Non
     if grammars is None:
         return prompt
     grammar = request_grammar(prompt.tool_format, request.tools, choice, request.output_schema, grammars)
-    return replace(prompt, grammar=grammar)
+    if grammar is None or not prefill:
+        return replace(prompt, grammar=grammar)
+    # The answer continues the client's start of it, which the grammar must take first.
+    begun = tuple(tokenizer.encode(messages[-1]["content"], add_special_tokens=False))
+    if not grammar.template.deep_copy().consume_tokens(list(begun)):
+        raise GrammarError(
+            "the assistant turn the answer continues does not fit the output's schema or grammar"
+        )
+    return replace(prompt, grammar=grammar, grammar_begun=begun)
 
 
 def _with_tool_choice(tokenizer: Any, prompt: Prompt, choice: ToolChoice, *, guided: bool) -> Prompt:
