@@ -60,7 +60,12 @@ def walk(compiler: GrammarCompiler, grammar, seed: int) -> str:
 
 
 def test_a_forced_call_is_a_declared_tool_with_valid_arguments(compiler: GrammarCompiler) -> None:
-    tools = (Tool("get_weather", "", WEATHER), Tool("Bash", "", {"type": "object"}))
+    bash = {
+        "type": "object",
+        "properties": {"command": {"type": "string", "maxLength": 6}},
+        "required": ["command"],
+    }
+    tools = (Tool("get_weather", "", WEATHER), Tool("Bash", "", bash))
     fmt = model_format(compiler._tokenizer)
     grammar = request_grammar(fmt, tools, ToolChoice("required"), None, compiler)
     for seed in range(5):
@@ -68,8 +73,7 @@ def test_a_forced_call_is_a_declared_tool_with_valid_arguments(compiler: Grammar
         assert text.startswith(fmt.start) and text.endswith(fmt.end)
         call = json.loads(text.removeprefix(fmt.start).removesuffix(fmt.end))
         assert call["name"] in ("get_weather", "Bash")
-        if call["name"] == "get_weather":
-            jsonschema.validate(call["arguments"], WEATHER)
+        jsonschema.validate(call["arguments"], WEATHER if call["name"] == "get_weather" else bash)
 
 
 def test_an_answer_schema_holds_the_whole_answer(compiler: GrammarCompiler) -> None:
@@ -117,14 +121,15 @@ def test_proposed_tokens_are_checked_without_being_taken(compiler: GrammarCompil
     assert constraint.accepts(encode("true", add_special_tokens=False)) > 0  # nothing was consumed
 
 
-def test_closed_schema_closes_every_object_that_does_not_say() -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "object"}, "b": {"additionalProperties": True}}}
+def test_closed_schema_closes_every_object_that_names_its_properties() -> None:
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "object"}, "b": {"properties": {}, "additionalProperties": True}},
+    }
     assert closed_schema(schema) == {
         "type": "object",
-        "properties": {
-            "a": {"type": "object", "additionalProperties": False},
-            "b": {"additionalProperties": True},
-        },
+        # A bare object (no properties named) stays any object: closed, it could only ever be {}.
+        "properties": {"a": {"type": "object"}, "b": {"properties": {}, "additionalProperties": True}},
         "additionalProperties": False,
     }
 

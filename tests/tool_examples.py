@@ -100,3 +100,34 @@ GENERIC_CALL = Example(
     ),
     response='<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>',
 )
+
+# A model that calls a tool the request never declared, get_weather being the only one on offer; its
+# arguments are bounded so that a call held to their schema ends whatever the model picks
+# (tests/test_constrained_models.py).
+BOUNDED_WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 12},
+        "days": {"type": "integer", "minimum": 1, "maximum": 7},
+    },
+}
+BOUNDED_WEATHER = {
+    "name": "get_weather",
+    "description": "Current weather for a city.",
+    "input_schema": BOUNDED_WEATHER_SCHEMA,
+}
+DELETE_ALL = {"role": "user", "content": "Delete all my files."}
+UNDECLARED_CALL = Example(
+    messages=(DELETE_ALL,),
+    tools=(
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather for a city.",
+                "parameters": BOUNDED_WEATHER_SCHEMA,
+            },
+        },
+    ),
+    response='<tool_call>\n{"name": "delete_everything", "arguments": {}}\n</tool_call>',
+)

@@ -49,21 +49,24 @@ class GrammarConstraint:
         return len(tokens) if self._free else self.matcher.validate_tokens(tokens)
 
     def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
+        if self._broken:
+            return logits
         mx.async_eval(logits)  # the model's step runs while the previous token is read and the mask made
         last = int(context[-1].item())
         if self._first:
             self._first = False
         elif not self._advance(last):
             return logits
-        if self._free or self._broken:
+        if self._free or self._broken or self.complete:
             return logits
         return self._masked(logits)
 
     def _advance(self, token: int) -> bool:
         """Take the token just generated; False when this step is not constrained."""
         if self._free:
+            # The reasoning's end marker is not the grammar's: the answer after it is.
             self._free = token != self._reasoning[1]  # type: ignore[index]
-            return False
+            return not self._free
         if self._may_reason and token == self._reasoning[0]:  # type: ignore[index]
             self._free = True
             self._may_reason = False

@@ -228,7 +228,7 @@ class OutputDecoder:
         events = self._close()
         self.tool_calls += 1
         self._after_thinking = True
-        self.done = self._single_call
+        self.done = self._single_call and reader.closed  # a call cut short is no call made: max_tokens
         if not reader.closed:
             log.warning(
                 "tool call %s ended before its arguments did; returning the unread rest as text", reader.name

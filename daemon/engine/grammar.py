@@ -60,7 +60,7 @@ def closed_schema(schema: Any) -> Any:
     if not isinstance(schema, dict):
         return schema
     out = {key: closed_schema(value) for key, value in schema.items()}
-    if out.get("type") == "object" or "properties" in out:
+    if "properties" in out:  # an object that names none (`{"type": "object"}`) stays any object
         out.setdefault("additionalProperties", False)
     return out
 
@@ -87,23 +87,29 @@ def _xml_call(name: str, schema: dict[str, Any]) -> str:
     parts = []
     for key, value_schema in properties.items():
         value = _xml_value(value_schema if isinstance(value_schema, dict) else {})
-        parameter = f'("<parameter={key}>\\n" {value})'
+        parameter = f"({json.dumps(f'<parameter={key}>' + chr(10))} {value})"
         parts.append(parameter if key in required else f"{parameter}?")
-    return f'"\\n<function={name}>\\n" {" ".join(parts)} "</function>\\n"'
+    return f'{json.dumps(f"{chr(10)}<function={name}>{chr(10)}")} {" ".join(parts)} "</function>\\n"'
 
 
 def _xml_value(schema: dict[str, Any]) -> str:
-    """A parameter's value and its closing tag."""
+    """A parameter's value and its closing tag. A string is raw text, its length held (not its `pattern`
+    or `format`: XML has no quotes to hold them within)."""
     if "enum" in schema and all(isinstance(value, str) for value in schema["enum"]):
         choices = " | ".join(json.dumps(value) for value in schema["enum"])
-        return f'({choices}) "\\n</parameter>\\n"'
+        return f"({choices}) {XML_CLOSE}"
     if schema.get("type") == "string":
-        return "xml_text"
-    return f'{json_value(schema)} "\\n</parameter>\\n"'
+        low, high = schema.get("minLength"), schema.get("maxLength")
+        if not isinstance(low, int) and not isinstance(high, int):
+            return "xml_text"
+        bounds = f"{low if isinstance(low, int) else 0},{high if isinstance(high, int) else ''}"
+        return f"/(.|\\n){{{bounds}}}/ {XML_CLOSE}"
+    return f"{json_value(schema)} {XML_CLOSE}"
 
 
+XML_CLOSE = json.dumps("\n</parameter>\n")
 # Raw text ending at the closing tag, which the rule's suffix then writes (nothing taken back).
-XML_TEXT = 'xml_text[suffix="\\n</parameter>\\n"]: /(.|\\n)*/'
+XML_TEXT = f"xml_text[suffix={XML_CLOSE}]: /(.|\\n)*/"
 
 
 def tool_grammar(

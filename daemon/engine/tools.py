@@ -94,12 +94,25 @@ def coerce(value: Any, schema: dict[str, Any]) -> Any:
         kind = next((k for k in kind if k != "null"), None)
     if isinstance(value, str) and kind not in (None, "string"):
         value = _from_text(value, kind)
+    elif isinstance(value, str) and kind is None and any(key in schema for key in _JSON_WRITTEN):
+        value = _from_json(value)
     if kind == "object" and isinstance(value, dict):
         properties = schema.get("properties") or {}
         return {key: coerce(item, properties.get(key) or {}) for key, item in value.items()}
     if kind == "array" and isinstance(value, list):
         return [coerce(item, schema.get("items") or {}) for item in value]
     return value
+
+
+# Schemas with no one type, whose values a call in XML writes as JSON (see daemon.engine.grammar).
+_JSON_WRITTEN = ("anyOf", "oneOf", "allOf", "const")
+
+
+def _from_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _from_text(text: str, kind: str) -> Any:
