@@ -49,6 +49,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
         help="where generated models are cached [default: <mlxd data dir>/bench-models]",
     )
     cli.add_argument("--soak", action="store_true", help="run the soak instead (--soak --help: its options)")
+    cli.add_argument(
+        "--constrained",
+        action="store_true",
+        help="run the constrained-decoding benchmark instead (--constrained --help: its options)",
+    )
     return cli
 
 
@@ -58,6 +63,17 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         from benchmarks import soak
 
         return soak.main([arg for arg in argv if arg != "--soak"], prog=f"{prog} --soak")
+    if "--constrained" in argv:
+        try:
+            from benchmarks.constrained import cli as constrained
+        except ModuleNotFoundError as error:  # its request is the tests' capture of Claude Code's
+            print(
+                f"{prog}: {error}: --constrained needs the suite's extra and a checkout of mlxd (tests/)",
+                file=sys.stderr,
+            )
+            return 2
+        rest = [arg for arg in argv if arg != "--constrained"]
+        return constrained.main(rest, prog=f"{prog} --constrained")
     args = parser(prog).parse_args(argv)
     plan = _plan(args)
     out = args.out or Path("benchmarks/results") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -68,7 +84,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         return 2
 
     try:
-        model, model_label = _model(args)
+        model, model_label = resolve_model(args)
         options = suite.Options(
             plan=plan,
             model=model,
@@ -92,7 +108,9 @@ def _plan(args: argparse.Namespace) -> Plan:
     return replace(plan, session_prefix_tokens=args.prefix_tokens) if args.prefix_tokens else plan
 
 
-def _model(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+def resolve_model(args: argparse.Namespace) -> tuple[Path, dict[str, Any]]:
+    """The model that `--model`, `--smoke`, `--shape` and `--dtype` name (generated on first use), with its
+    label."""
     if args.model:
         if not args.model.is_dir():
             raise BenchError(f"--model {args.model} is not a folder; give a local mlx-lm model folder")

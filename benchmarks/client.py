@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ class StreamResult:
     output_tokens: int
     prompt_tokens: int
     cached_tokens: int
+    request_id: str | None = None  # the server's `request-id` header, which names its log line
 
     @property
     def ttft(self) -> float:
@@ -65,15 +66,29 @@ class Endpoint:
 
     def stream(self, client: httpx.Client, conversation: Conversation, max_tokens: int) -> StreamResult:
         if self.kind == "openai":
-            path, body, read = "/v1/chat/completions", self._openai_body(conversation, max_tokens), _openai
-        else:
-            path, body, read = "/v1/messages", self._anthropic_body(conversation, max_tokens), _anthropic
+            body = self._openai_body(conversation, max_tokens)
+            return self._post(client, "/v1/chat/completions", body, _openai)
+        return self.messages(client, self._anthropic_body(conversation, max_tokens))
+
+    def messages(self, client: httpx.Client, body: dict[str, Any]) -> StreamResult:
+        """A Messages API request with this body as it is (it must ask for a stream)."""
+        return self._post(client, "/v1/messages", body, _anthropic)
+
+    def _post(
+        self,
+        client: httpx.Client,
+        path: str,
+        body: dict[str, Any],
+        read: Callable[[float, Iterator[tuple[float, Any]], str], StreamResult],
+    ) -> StreamResult:
         sent = time.perf_counter()
         with client.stream("POST", path, json=body) as response:
             if response.status_code != 200:
                 response.read()
                 raise BenchError(f"{self.name} answered {response.status_code}: {response.text[:500]}")
-            return read(sent, _events(response.iter_lines()), self.name)
+            result = read(sent, _events(response.iter_lines()), self.name)
+        result.request_id = response.headers.get("request-id")
+        return result
 
     def _anthropic_body(self, conversation: Conversation, max_tokens: int) -> dict[str, Any]:
         body: dict[str, Any] = {

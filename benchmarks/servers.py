@@ -41,7 +41,10 @@ def mlxd_command() -> list[str]:
 
 
 @contextmanager
-def mlxd(model: Path, name: str, plan: Plan, home: Path) -> Iterator[ServerProcess]:
+def mlxd(
+    model: Path, name: str, plan: Plan, home: Path, settings: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """`settings`: more MLXD_ variables for this server."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("MLXD_")}
     env |= {
         "MLXD_DATA_DIR": str(home / "data"),
@@ -50,7 +53,7 @@ def mlxd(model: Path, name: str, plan: Plan, home: Path) -> Iterator[ServerProce
         "MLXD_PREFILL_STEP_SIZE": str(plan.prefill_step_size),
         "MLXD_PROMPT_CACHE_SAVE_BYTES": "0",  # nothing to keep for a next run
         "HF_HUB_OFFLINE": "1",
-    }
+    } | (settings or {})
     port = free_port()
     command = [*mlxd_command(), "serve", "--host", HOST, "--port", str(port)]
     command += ["--model", str(model), "--model-name", name]

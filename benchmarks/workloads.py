@@ -4,9 +4,13 @@ session, and prefill. Every target gets the same prompts, made once per run by `
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol
+
+import httpx
 
 from benchmarks.client import Endpoint, StreamResult
 from benchmarks.plan import Plan
@@ -126,19 +130,29 @@ def batch_summary(batches: list[list[StreamResult]]) -> dict[str, Any]:
 
 
 def _concurrent(endpoint: Endpoint, prompts: list[Conversation], max_tokens: int) -> list[StreamResult]:
-    clients = [endpoint.client() for _ in prompts]
-    start = threading.Barrier(len(prompts))
+    return concurrently(
+        [
+            (endpoint, partial(endpoint.stream, conversation=prompt, max_tokens=max_tokens))
+            for prompt in prompts
+        ]
+    )
+
+
+Request = Callable[[httpx.Client], StreamResult]
+
+
+def concurrently(requests: list[tuple[Endpoint, Request]]) -> list[StreamResult]:
+    """Each request on a client of its endpoint's own, all released at once; their results in order."""
+    start = threading.Barrier(len(requests))
 
     def one(index: int) -> StreamResult:
-        start.wait()
-        return endpoint.stream(clients[index], prompts[index], max_tokens)
+        endpoint, request = requests[index]
+        with endpoint.client() as client:
+            start.wait()
+            return request(client)
 
-    try:
-        with ThreadPoolExecutor(len(prompts)) as pool:
-            return list(pool.map(one, range(len(prompts))))
-    finally:
-        for client in clients:
-            client.close()
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(one, range(len(requests))))
 
 
 def session(endpoint: Endpoint, sessions: list[Session], plan: Plan, progress: Progress) -> dict[str, Any]:

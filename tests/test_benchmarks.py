@@ -58,3 +58,33 @@ def test_smoke_run_writes_every_section(tmp_path: Path, tiny_model: Path) -> Non
     assert "| Workload | Metric | raw | mlxd |" in table
     assert "mlxd / raw" in table
     assert "Physical bound" in table
+
+
+def test_constrained_smoke_run_writes_its_report(tmp_path: Path, tiny_model: Path) -> None:
+    """`--constrained`: both arms at 1 and 4 streams on one server, the compile and mask times from its log,
+    and the table with every cell filled."""
+    out = tmp_path / "constrained"
+    assert main(["--constrained", "--smoke", "--model", str(tiny_model), "--out", str(out)]) == 0
+
+    results = json.loads((out / "constrained.json").read_text())
+    assert is_number(results["compile_ms"]["cold"]) and is_number(results["compile_ms"]["kept"])
+    assert set(results["levels"]) == {"1", "4"}
+    for streams, level in results["levels"].items():
+        for arm in ("constrained", "unconstrained"):
+            assert is_number(level[arm]["decode_tps"]["median"]), (streams, arm)
+            assert is_number(level[arm]["aggregate_tps"]["median"]), (streams, arm)
+            assert level[arm]["output_tokens"]["n"] == int(streams), (streams, arm)
+        assert is_number(level["constrained"]["mask_us"]["median"]), streams
+        assert level["unconstrained"]["mask_us"]["n"] == 0, streams  # no grammar in that arm
+        assert is_number(level["ratio"]["decode_tps"]["median"]), streams
+        assert all(isinstance(value, float) for value in results["cost"][streams].values()), streams
+    prompts = {(request["arm"], request["prompt_tokens"]) for request in results["requests"]}
+    assert prompts == set(results["prompt_tokens"].items())  # each server saw one prompt throughout
+
+    table = (out / "constrained.md").read_text()
+    assert "| Streams | Metric | unconstrained | constrained | constrained / unconstrained |" in table
+    assert "| 4 | decode tok/s per stream |" in table
+    assert "mask per token at 4 streams (µs)" in table
+    assert "—" not in table  # no empty cell
+    assert "Target: constrained decode at least 0.9x unconstrained:" in table
+    assert "Cost, per decode step" in table

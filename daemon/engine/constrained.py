@@ -36,7 +36,6 @@ class GrammarConstraint:
         self.mask_seconds = 0.0
         self._vocab_size = vocab_size
         self._words = np.full((1, (vocab_size + 31) // 32), -1, dtype=np.int32)
-        self._bits = mx.arange(32, dtype=mx.uint32)
         # (start, end) token of a reasoning section the model may open before its answer; None: none.
         self._reasoning = reasoning
         self._free = in_reasoning
@@ -90,18 +89,11 @@ class GrammarConstraint:
         if self._may_reason:
             start = self._reasoning[0]  # type: ignore[index]
             words[0, start // 32] |= np.uint32(1 << (start % 32))
-        width = logits.shape[-1]
+        allowed = np.unpackbits(words.view(np.uint8), bitorder="little")[: logits.shape[-1]]
         self.mask_seconds += time.perf_counter() - started
         self.tokens += 1
-        if not _any_below(words[0], width):
+        if not allowed.any():
             # Only a token beyond the model's logits would do (an end token the model cannot write).
             self.complete = True
             return logits
-        allowed = ((mx.array(words)[..., None] >> self._bits) & 1).reshape(1, -1)[:, :width]
-        return mx.where(allowed.astype(mx.bool_), logits, -mx.inf)
-
-
-def _any_below(words: np.ndarray, width: int) -> bool:
-    """Whether any of the first `width` bits of a bitmask (32 to a word, low bit first) is set."""
-    whole, rest = divmod(width, 32)
-    return bool(words[:whole].any()) or bool(rest and words[whole] & np.uint32((1 << rest) - 1))
+        return mx.where(mx.array(allowed.view(np.bool_))[None], logits, -mx.inf)
