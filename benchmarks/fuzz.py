@@ -14,6 +14,7 @@ import httpx
 from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from tests.conftest import MODELS, RunningServer, run_server
+from tests.fuzz_openai import chat_cases
 from tests.fuzz_strategies import CASE_TIMEOUT, Case, Target, all_cases, huge_prompt_case, problems, send
 from tests.models import endless_model
 
@@ -70,7 +71,7 @@ def _fuzz(server: RunningServer, examples: int, fuzz_seed: int) -> int:
             phases=[Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
-        @given(all_cases(target))
+        @given(all_cases(target) | chat_cases(target))
         def run(case: Case) -> None:
             check(case)
             if sum(map(len, seconds.values())) % HUGE_PROMPT_EVERY == 0:

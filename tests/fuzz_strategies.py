@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -518,19 +519,23 @@ extra_headers = st.lists(
 ).map(lambda hs: tuple(hs) + tuple(hs[:1]))  # the first one twice: duplicated headers
 
 
-def _headers(host: str, auth: Auth, content_type: str | None, extra: tuple) -> tuple[tuple[str, bytes], ...]:
+def wire_headers(
+    host: str, auth: Auth, content_type: str | None, extra: tuple
+) -> tuple[tuple[str, bytes], ...]:
     headers = [("host", host.encode()), *auth.headers]
     if content_type is not None:
         headers.append(("content-type", content_type.encode()))
     return (*headers, *extra)
 
 
-def _expected(auth: Auth, valid: bool, *, generates: bool) -> frozenset[int]:
+def expected_statuses(auth: Auth, valid: bool) -> frozenset[int]:
+    """A valid request is answered, or refused only as `TOO_LONG_OR_OK` allows (count_tokens renders the
+    prompt as a generation would, grammar and all, so it too may find a schema that cannot be enforced)."""
     if not auth.ok:
         return frozenset({401})
     if not valid:
         return frozenset()
-    return TOO_LONG_OR_OK if generates else frozenset({200})
+    return TOO_LONG_OR_OK
 
 
 TOO_LONG_OR_OK = frozenset({200, 400})  # the 400 only for a prompt too long or a schema not enforceable
@@ -541,7 +546,7 @@ def messages_cases(draw: st.DrawFn, target: Target, *, count_tokens: bool = Fals
     """POST /v1/messages (streamed or not) or /v1/messages/count_tokens with a JSON content type."""
     body, valid = draw(message_bodies(target.model))
     auth = draw(auths(target.token))
-    headers = _headers(
+    headers = wire_headers(
         draw(st.sampled_from(loopback_hosts(target.port))),
         auth,
         draw(st.sampled_from(JSON_TYPES)),
@@ -551,7 +556,7 @@ def messages_cases(draw: st.DrawFn, target: Target, *, count_tokens: bool = Fals
     if not count_tokens and b'"stream": true' in body:
         route += " (stream)"
     path = route.split()[1] + draw(st.sampled_from(["", "?beta=true", "?beta=true&beta=false", "?%ff=%ff"]))
-    return Case(route, "POST", path, headers, body, _expected(auth, valid, generates=not count_tokens))
+    return Case(route, "POST", path, headers, body, expected_statuses(auth, valid))
 
 
 @st.composite
@@ -562,10 +567,12 @@ def contract_cases(draw: st.DrawFn, target: Target) -> Case:
     body, _ = draw(message_bodies(target.model, mutations=False))
     good = Auth((("x-api-key", target.token.encode()),), True)
     if draw(st.booleans()):
-        headers = _headers(draw(st.sampled_from(FOREIGN_HOSTS)), good, draw(st.sampled_from(JSON_TYPES)), ())
+        headers = wire_headers(
+            draw(st.sampled_from(FOREIGN_HOSTS)), good, draw(st.sampled_from(JSON_TYPES)), ()
+        )
         return Case(f"POST {path} (foreign Host)", "POST", path, headers, body, frozenset({403}))
     content_type = draw(st.sampled_from(NOT_JSON_TYPES))
-    headers = _headers(draw(st.sampled_from(loopback_hosts(target.port))), good, content_type, ())
+    headers = wire_headers(draw(st.sampled_from(loopback_hosts(target.port))), good, content_type, ())
     return Case(
         f"POST {path} (not JSON)", "POST", path, headers, body, frozenset({400}), names="content-type"
     )
@@ -585,7 +592,7 @@ query_values = st.one_of(
 def models_cases(draw: st.DrawFn, target: Target) -> Case:
     """GET /v1/models with odd paging parameters, or GET /v1/models/{id} with odd ids."""
     auth = draw(auths(target.token))
-    headers = _headers(f"127.0.0.1:{target.port}", auth, None, draw(extra_headers))
+    headers = wire_headers(f"127.0.0.1:{target.port}", auth, None, draw(extra_headers))
     if draw(st.booleans()):
         params = draw(
             st.lists(
@@ -616,7 +623,7 @@ def admin_cases(draw: st.DrawFn, target: Target) -> Case:
     """GET /v1/admin/ps, and POST load or unload of names that resolve or not (unloading the idle served
     model is harmless: the next request loads it again)."""
     auth = draw(auths(target.token))
-    headers = _headers(f"127.0.0.1:{target.port}", auth, None, draw(extra_headers))
+    headers = wire_headers(f"127.0.0.1:{target.port}", auth, None, draw(extra_headers))
     if draw(st.integers(0, 3)) == 0:
         method = draw(st.sampled_from(["GET", "GET", "POST", "DELETE"]))
         return Case("GET /v1/admin/ps", method, "/v1/admin/ps", headers, None, _ok(auth, 200, 405))
@@ -648,7 +655,7 @@ def huge_prompt_case(target: Target) -> Case:
         "messages": [{"role": "user", "content": "x " * 2**20}],
     }
     auth = Auth((("x-api-key", target.token.encode()),), True)
-    headers = _headers(f"127.0.0.1:{target.port}", auth, JSON_TYPES[0], ())
+    headers = wire_headers(f"127.0.0.1:{target.port}", auth, JSON_TYPES[0], ())
     return Case(
         "POST /v1/messages (2 MiB prompt)", "POST", "/v1/messages", headers, encode(request), TOO_LONG_OR_OK
     )
@@ -709,7 +716,20 @@ def problems(case: Case, outcome: Outcome) -> list[str]:
     return found + _error_problems(case, outcome)
 
 
+# Routes whose answers another module checks (path prefix → its error check, its answer check): OpenAI's
+# face has an envelope and a stream of its own (tests/fuzz_openai.py).
+ROUTE_CHECKS: dict[
+    str, tuple[Callable[[Case, Outcome], list[str]], Callable[[Case, Outcome], list[str]]]
+] = {}
+
+
+def _checks_for(case: Case) -> tuple | None:
+    return next((checks for prefix, checks in ROUTE_CHECKS.items() if case.path.startswith(prefix)), None)
+
+
 def _error_problems(case: Case, outcome: Outcome) -> list[str]:
+    if (checks := _checks_for(case)) is not None:
+        return checks[0](case, outcome)
     try:
         body = json.loads(outcome.body)
         error = body["error"]
@@ -738,6 +758,8 @@ def _error_problems(case: Case, outcome: Outcome) -> list[str]:
 
 
 def _answer_problems(case: Case, outcome: Outcome) -> list[str]:
+    if (checks := _checks_for(case)) is not None:
+        return checks[1](case, outcome)
     kind = outcome.headers.get("content-type", "")
     if kind.startswith("text/event-stream"):
         return stream_problems(outcome.body)

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RunningServer, run_server
+from tests.fuzz_openai import chat_cases
 from tests.fuzz_strategies import (
     CASE_TIMEOUT,
     Case,
@@ -76,6 +77,7 @@ FUZZED = [
     ("models", models_cases, 200),
     ("admin", admin_cases, 150),
     ("content_type_and_host", contract_cases, 100),  # the request hooks' contract: 400 and 403
+    ("chat_completions", chat_cases, 200),
 ]
 
 

@@ -113,14 +113,13 @@ def render(tokenizer: Any, request: ChatRequest, grammars: GrammarCompiler | Non
     if grammars is None:
         return prompt
     grammar = request_grammar(prompt.tool_format, request.tools, choice, request.output_schema, grammars)
-    if grammar is None or not prefill:
+    if grammar is None or not prefill or request.output_schema is None:
+        # A call is held from where the model takes over: what the client began is the client's text.
         return replace(prompt, grammar=grammar)
-    # The answer continues the client's start of it, which the grammar must take first.
+    # The JSON answer continues the client's start of it, which the grammar must take first.
     begun = tuple(tokenizer.encode(messages[-1]["content"], add_special_tokens=False))
     if not grammar.template.deep_copy().consume_tokens(list(begun)):
-        raise GrammarError(
-            "the assistant turn the answer continues does not fit the output's schema or grammar"
-        )
+        raise GrammarError("the assistant turn the answer continues does not fit the output schema")
     return replace(prompt, grammar=grammar, grammar_begun=begun)
 
 
