@@ -12,8 +12,6 @@ from daemon.openai.translate import to_chat
 
 blueprint = Blueprint("chat_completions", __name__)
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
 
 @blueprint.route("/v1/chat/completions", methods=["POST"])
 async def create_completion() -> Response | dict:
@@ -28,4 +26,4 @@ async def create_completion() -> Response | dict:
     first = await generation.first(within=generation.ping_interval)
     if isinstance(first, Failed):
         raise serving.failure(first)
-    return Response(generation.sse(stream, first), mimetype="text/event-stream", headers=SSE_HEADERS)
+    return Response(generation.sse(stream, first), mimetype="text/event-stream", headers=serving.SSE_HEADERS)

@@ -15,8 +15,6 @@ from daemon.chat.request import ChatRequest
 
 blueprint = Blueprint("messages", __name__)
 
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
 
 @blueprint.route("/v1/messages/count_tokens", methods=["POST"])
 async def count_tokens() -> dict:
@@ -35,7 +33,9 @@ async def create_message() -> Response | dict:
     # `message_start` carries the prompt's cache split, known once the engine admits the prompt (normally
     # within a step).
     first = await generation.first(within=generation.ping_interval)
-    return Response(_sse(stream, generation, first), mimetype="text/event-stream", headers=SSE_HEADERS)
+    return Response(
+        _sse(stream, generation, first), mimetype="text/event-stream", headers=serving.SSE_HEADERS
+    )
 
 
 async def _sse(

@@ -27,6 +27,9 @@ from daemon.engine.sampling import resolve
 
 log = logging.getLogger(__name__)
 
+# No cache or proxy may hold a stream back.
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
 
 class StreamEncoder(Protocol):
     """How one API writes a generation's events as its server-sent events."""

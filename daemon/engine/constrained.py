@@ -14,6 +14,7 @@ from typing import Any
 
 import mlx.core as mx
 import numpy as np
+from llguidance.numpy import fill_next_token_bitmask
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ class GrammarConstraint:
         self.complete = False  # the grammar allows nothing more but an end: the response is whole
         self.tokens = 0  # tokens masked
         self.mask_seconds = 0.0
-        self._vocab_size = vocab_size
         self._words = np.full((1, (vocab_size + 31) // 32), -1, dtype=np.int32)
         # (start, end) token of a reasoning section the model may open before its answer; None: none.
         self._reasoning = reasoning
@@ -48,7 +48,7 @@ class GrammarConstraint:
         return len(tokens) if self._free else self.matcher.validate_tokens(tokens)
 
     def __call__(self, context: mx.array, logits: mx.array) -> mx.array:
-        if self._broken:
+        if self._broken or self.complete:
             return logits
         mx.async_eval(logits)  # the model's step runs while the previous token is read and the mask made
         last = int(context[-1].item())
@@ -56,7 +56,7 @@ class GrammarConstraint:
             self._first = False
         elif not self._advance(last):
             return logits
-        if self._free or self._broken or self.complete:
+        if self._free:  # reasoning, before or still
             return logits
         return self._masked(logits)
 
@@ -81,8 +81,6 @@ class GrammarConstraint:
         return not self.complete
 
     def _masked(self, logits: mx.array) -> mx.array:
-        from llguidance.numpy import fill_next_token_bitmask
-
         started = time.perf_counter()
         fill_next_token_bitmask(self.matcher, self._words)
         words = self._words.view(np.uint32)

@@ -171,55 +171,72 @@ def request_grammar(
     naming the tool or the output schema and the keyword) when the request demands it be kept: the output
     schema, a forced call, a `strict` tool. A tool merely on offer keeps the part of its schema that can be
     enforced, so that one unusual tool (an MCP server's, say) never makes a whole conversation fail. The
-    compile time counts every schema compiled for the first time along the way."""
-    started, compiled = time.perf_counter(), compiler.compiled
-    text = _request_text(fmt, tools, choice, answer_schema, compiler)
-    if text is None:
+    compile time counts everything compiled for the first time along the way."""
+    calls = constrains_calls(fmt, tools, choice)
+    if not calls and answer_schema is None:
         return None
-    grammar = compiler.compile(text)
+    started, compiled = time.perf_counter(), compiler.compiled
+    try:
+        grammar = compiler.compile(_text(fmt if calls else None, tools, choice, answer_schema, compiler))
+    except GrammarError:
+        # Only now is each schema looked at on its own, to name the one at fault or hold it in part.
+        held, lenient = _held(tools if calls else (), choice, answer_schema, compiler)
+        grammar = compiler.compile(_text(fmt, held, choice, answer_schema, compiler, lenient))
     if compiler.compiled == compiled:
         return grammar  # all of it kept from before
     return Grammar(grammar.template, time.perf_counter() - started)
 
 
-def _request_text(
+def _text(
     fmt: ToolFormat | None,
     tools: tuple[Tool, ...],
     choice: ToolChoice,
     answer_schema: dict[str, Any] | None,
     compiler: GrammarCompiler,
-) -> str | None:
+    lenient: frozenset[str] = frozenset(),
+) -> str:
+    """The grammar's text: the calls when `fmt` is given (a format with a grammar), else the answer."""
+    if fmt is None:
+        assert answer_schema is not None
+        return answer_grammar(answer_schema)
+    forced = choice.mode in ("required", "tool")
+    return tool_grammar(
+        fmt,
+        tools,
+        forced=forced,
+        name=choice.name if choice.mode == "tool" else None,
+        single=forced or not choice.parallel,
+        marker=compiler.marker,
+        answer_schema=None if forced else answer_schema,
+        lenient=lenient,
+    )
+
+
+def _held(
+    tools: tuple[Tool, ...],
+    choice: ToolChoice,
+    answer_schema: dict[str, Any] | None,
+    compiler: GrammarCompiler,
+) -> tuple[tuple[Tool, ...], frozenset[str]]:
+    """The tools as the grammar can hold them, and those held only in part; raises `GrammarError` for a
+    schema that must be kept whole."""
     if answer_schema is not None and (reason := compiler.check_schema(answer_schema)) is not None:
         raise GrammarError(f"the output schema cannot be enforced: {reason}")
-    if constrains_calls(fmt, tools, choice):
-        assert fmt is not None
-        forced = choice.mode in ("required", "tool")
-        lenient = set()
-        held = list(tools)
-        for i, tool in enumerate(tools):
-            if (reason := compiler.check_schema(tool.parameters or {"type": "object"})) is None:
-                continue
-            if forced or tool.strict:
-                raise GrammarError(f"tool {tool.name!r}: its input_schema cannot be enforced: {reason}")
-            if compiler.check_schema(tool.parameters or {}, lenient=True) is None:
-                compiler.warn_once(
-                    f"tool {tool.name!r}: {reason}; its arguments keep to the rest of its schema"
-                )
-                lenient.add(tool.name)
-            else:
-                compiler.warn_once(f"tool {tool.name!r}: {reason}; its arguments are held to a JSON object")
-                held[i] = replace(tool, parameters={"type": "object"})
-        return tool_grammar(
-            fmt,
-            tuple(held),
-            forced=forced,
-            name=choice.name if choice.mode == "tool" else None,
-            single=forced or not choice.parallel,
-            marker=compiler.marker,
-            answer_schema=None if forced else answer_schema,
-            lenient=frozenset(lenient),
-        )
-    return answer_grammar(answer_schema) if answer_schema is not None else None
+    forced = choice.mode in ("required", "tool")
+    lenient = set()
+    held = list(tools)
+    for i, tool in enumerate(tools):
+        if (reason := compiler.check_schema(tool.parameters or {"type": "object"})) is None:
+            continue
+        if forced or tool.strict:
+            raise GrammarError(f"tool {tool.name!r}: its input_schema cannot be enforced: {reason}")
+        if compiler.check_schema(tool.parameters or {}, lenient=True) is None:
+            compiler.warn_once(f"tool {tool.name!r}: {reason}; its arguments keep to the rest of its schema")
+            lenient.add(tool.name)
+        else:
+            compiler.warn_once(f"tool {tool.name!r}: {reason}; its arguments are held to a JSON object")
+            held[i] = replace(tool, parameters={"type": "object"})
+    return tuple(held), frozenset(lenient)
 
 
 class GrammarCompiler:
@@ -230,8 +247,8 @@ class GrammarCompiler:
         self.vocab_size = vocab_size
         self._tokenizer = tokenizer
         self._lltokenizer: Any = None
-        self._kept: OrderedDict[str, Grammar] = OrderedDict()
-        self.compiled = 0  # grammars compiled, not taken from those kept
+        self._kept: OrderedDict[str, Grammar | GrammarError] = OrderedDict()
+        self.compiled = 0  # grammars compiled (or found not to compile), not taken from those kept
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
@@ -263,27 +280,31 @@ class GrammarCompiler:
         return json.dumps(text)
 
     def compile(self, grammar: str) -> Grammar:
-        """The compiled grammar; raises `GrammarError` with llguidance's reason when it cannot be."""
+        """The compiled grammar; raises `GrammarError` with llguidance's reason when it cannot be. Both are
+        kept: a tool set that fails to compile comes again on the next turn too."""
         with self._lock:
             if (kept := self._kept.get(grammar)) is not None:
                 self._kept.move_to_end(grammar)
+                if isinstance(kept, GrammarError):
+                    raise kept
                 return Grammar(kept.template, 0.0)
         from llguidance import LLMatcher
 
         started = time.perf_counter()
-        failed, messages = LLMatcher.validate_grammar_with_warnings(grammar, self.lltokenizer)
-        if failed:
-            raise GrammarError(_reason(messages[0]))
-        template = LLMatcher(self.lltokenizer, grammar, log_level=0)
-        if template.is_error():
-            raise GrammarError(_reason(template.get_error()))
-        compiled = Grammar(template, time.perf_counter() - started)
+        template = LLMatcher(self.lltokenizer, grammar, log_level=0)  # reports errors, never raises them
+        outcome: Grammar | GrammarError = (
+            GrammarError(_reason(template.get_error()))
+            if template.is_error()
+            else Grammar(template, time.perf_counter() - started)
+        )
         with self._lock:
             self.compiled += 1
-            self._kept[grammar] = compiled
+            self._kept[grammar] = outcome
             while len(self._kept) > CACHED_GRAMMARS:
                 self._kept.popitem(last=False)
-        return compiled
+        if isinstance(outcome, GrammarError):
+            raise outcome
+        return outcome
 
     def check_schema(self, schema: dict[str, Any], *, lenient: bool = False) -> str | None:
         """Why llguidance cannot enforce `schema` (even in part, when `lenient`), or None when it can."""
