@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from http import HTTPStatus
 
@@ -136,7 +137,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, then end the generations in flight and return."""
+    """Serve until SIGINT or SIGTERM, end the generations in flight, save the prompt caches, and exit."""
     settings.check_bind()
     registry = load_registry(settings)
     app = create_app(settings, registry)
@@ -147,11 +148,22 @@ def run(settings: Settings) -> None:
     finally:
         registry.close()
     if registry.loading:
-        # Python would wait at exit for the loader's thread, and a download may take minutes more. Every
-        # engine is closed and its cache saved, and the requests that waited for the load have ended.
         log.warning("a model was still loading or downloading; exiting without waiting for it")
-        logging.shutdown()
-        os._exit(0)
+    _exit(0)
+
+
+def _exit(code: int) -> None:
+    """End the process once every engine is closed, its cache saved and the log flushed, without Python's
+    interpreter finalization. Two things go wrong there: Python would wait for a loader thread whose download
+    may take minutes more, and a thread that ran MLX can still be running its C++ thread-local destructors
+    after `join` has returned; one of those (in MLX's Python binding) takes the GIL, which a finalizing
+    interpreter answers by unwinding the thread, and the unwind through a noexcept destructor aborts the
+    process ("terminate called without an active exception", SIGABRT; seen in core dumps on a loaded
+    machine, about one shutdown in fifteen)."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:
@@ -226,7 +238,7 @@ async def _serve(app: Quart, config: HypercornConfig, settings: Settings, regist
     def on_signal(signum: int) -> None:
         if stop.is_set():
             log.warning("second %s: exiting at once", signal.Signals(signum).name)
-            os._exit(0)
+            _exit(0)
         log.info(
             "%s: no longer accepting; waiting up to %.0fs for streams in flight",
             signal.Signals(signum).name,
