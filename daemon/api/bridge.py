@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import weakref
 
 from daemon.api.metrics import Metrics
 from daemon.chat.events import Failed, Finished, GenerationEvent
@@ -14,6 +16,41 @@ from daemon.engine.prompt import Prompt
 log = logging.getLogger(__name__)
 
 
+class LoopPost:
+    """Hands events from engine threads to one event loop, waking it once for all the events posted since its
+    last wake-up rather than once per event: an engine step posts a token to every stream in its batch (and
+    with speculation several), and each wake-up costs the loop a system call and a turn."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue, GenerationEvent]] = []
+
+    def post(self, queue: asyncio.Queue, event: GenerationEvent) -> None:
+        """On an engine thread; raises RuntimeError once the loop is closed."""
+        with self._lock:
+            self._pending.append((queue, event))
+            if len(self._pending) > 1:
+                return  # a wake-up is on its way and will deliver this one too
+        self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for queue, event in pending:
+            queue.put_nowait(event)
+
+
+_posts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LoopPost] = weakref.WeakKeyDictionary()
+
+
+def loop_post(loop: asyncio.AbstractEventLoop) -> LoopPost:
+    """The loop's one `LoopPost` (made on the loop's own thread, so no lock)."""
+    if (post := _posts.get(loop)) is None:
+        post = _posts[loop] = LoopPost(loop)
+    return post
+
+
 class EngineEvents:
     """At most `limit` events wait undelivered: past that the client has stopped reading its stream, so the
     generation is cancelled (its sequence freed) and the stream ends with an error whenever the client reads
@@ -21,7 +58,7 @@ class EngineEvents:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limit: int):
         self.job: GenerationJob | None = None
-        self._loop = loop
+        self._post = loop_post(loop)
         self._queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
         self._limit = limit
         # Each counter has one writer (sent: the engine thread; taken: the event loop), so no lock.
@@ -39,7 +76,7 @@ class EngineEvents:
                 self.job.cancel()
             event = Failed(f"stream cut: the client left {self._limit} events unread", overloaded=False)
         self._sent += 1
-        self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
+        self._post.post(self._queue, event)
 
     async def get(self) -> GenerationEvent:
         event = await self._queue.get()
@@ -66,7 +103,7 @@ class RequestLog:
         rate = (event.usage.output_tokens - 1) / event.decode_seconds if event.decode_seconds > 0 else 0.0
         ttft = f"{event.time_to_first_token:.3f}s" if event.time_to_first_token is not None else "-"
         log.info(
-            "model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s%s",
+            "model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s%s%s",
             self.model,
             self.prompt_tokens,
             event.usage.cached_tokens,
@@ -74,6 +111,7 @@ class RequestLog:
             ttft,
             rate,
             event.stop_reason,
+            _speculation_figures(event),
             self._grammar_figures(event),
             extra=self._names,
         )
@@ -89,3 +127,10 @@ class RequestLog:
         log.warning(
             "model=%s prompt=%d failed: %s", self.model, self.prompt_tokens, event.message, extra=self._names
         )
+
+
+def _speculation_figures(event: Finished) -> str:
+    """` spec=accepted:40/52` when tokens were proposed: accepted of proposed."""
+    if not event.proposed_tokens:
+        return ""
+    return f" spec=accepted:{event.accepted_tokens}/{event.proposed_tokens}"
