@@ -105,6 +105,8 @@ def load_registry(settings: Settings) -> ModelRegistry:
             pinned=m.pinned,
             ttl=m.ttl,
             constrained=settings.constrained_decoding,
+            speculative=m.speculative or settings.speculative,
+            num_draft_tokens=m.num_draft_tokens or settings.num_draft_tokens,
         )
         for m in settings.served_models()
     ]
@@ -116,6 +118,8 @@ def load_registry(settings: Settings) -> ModelRegistry:
                 str(demo),
                 context_length=settings.context_length,
                 constrained=settings.constrained_decoding,
+                speculative=settings.speculative,
+                num_draft_tokens=settings.num_draft_tokens,
             )
         ]
         log.warning(DEMO_WARNING.format(config=default_config_path()))

@@ -41,7 +41,10 @@ STORY = Example(
         "storm, saw the beam, and turned for home. In the morning the captain left a letter of thanks."
     ),
 )
-TRAINED_EXAMPLES = (HELLO, COUNT, STORY)
+# An answer that copies a span of its prompt, as an Edit call repeats the file it read: prompt lookup's case.
+COPIED = "the lamp burned all night and the ship came home."
+COPY = Example(messages=({"role": "user", "content": f"Repeat after me: {COPIED}"},), response=COPIED)
+TRAINED_EXAMPLES = (HELLO, COUNT, STORY, COPY)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """What mlxd itself logged of each request: its INFO line (`daemon/api/bridge.py`), found by the request id
-the response carried, with the engine's decode rate and, for a constrained request, the grammar's figures."""
+the response carried, with the engine's decode rate, speculation's counts and, for a constrained request,
+the grammar's figures."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from benchmarks.client import BenchError
 LINE = re.compile(
     r"\[(?P<id>req_\w+)\]: model=\S+ prompt=(?P<prompt>\d+) cached=(?P<cached>\d+) output=(?P<output>\d+) "
     r"ttft=\S+ tok/s=(?P<tps>[\d.]+) stop=(?P<stop>\S+)"
+    r"(?: spec=accepted:(?P<accepted>\d+)/(?P<proposed>\d+))?"
     r"(?: grammar=compile:(?P<compile>[\d.]+)ms,mask:(?P<mask>\d+)us/tok)?"
 )
 WAIT_S = 10  # for the last lines to reach the file
@@ -28,6 +30,8 @@ class Served:
     stop: str
     compile_ms: float | None  # None: no grammar
     mask_us: float | None  # per masked token
+    proposed: int = 0  # speculative decoding: tokens proposed
+    accepted: int = 0  # and accepted
 
 
 def read(log_path: Path, ids: Iterable[str]) -> dict[str, Served]:
@@ -57,4 +61,6 @@ def _served(match: re.Match[str]) -> Served:
         stop=match["stop"],
         compile_ms=float(match["compile"]) if match["compile"] is not None else None,
         mask_us=float(match["mask"]) if match["mask"] is not None else None,
+        proposed=int(match["proposed"] or 0),
+        accepted=int(match["accepted"] or 0),
     )

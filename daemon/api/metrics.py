@@ -75,6 +75,12 @@ class Metrics:
             buckets=(0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05),
             registry=self.registry,
         )
+        self.speculative = Counter(
+            "mlxd_speculative_tokens",
+            "Speculative decoding: tokens proposed for verification, and accepted.",
+            ["model", "kind"],
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(models))
 
     def grammar_compiled(self, model: str, seconds: float) -> None:
@@ -96,6 +102,9 @@ class Metrics:
             )
         if finished.tool_parse_failures:
             self.tool_parse_failures.labels(model).inc(finished.tool_parse_failures)
+        if finished.proposed_tokens:
+            self.speculative.labels(model, "proposed").inc(finished.proposed_tokens)
+            self.speculative.labels(model, "accepted").inc(finished.accepted_tokens)
 
 
 class _EngineCollector(Collector):

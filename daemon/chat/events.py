@@ -48,6 +48,8 @@ class Finished:
     tool_parse_failures: int = 0
     constrained_tokens: int = 0  # tokens generated under a grammar's mask
     mask_seconds: float = 0.0  # spent computing those masks
+    proposed_tokens: int = 0  # speculative decoding: tokens proposed for verification
+    accepted_tokens: int = 0  # and those of them the model's own decoding confirmed
 
 
 @dataclass(frozen=True)

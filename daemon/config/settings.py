@@ -53,6 +53,10 @@ class SettingsError(Exception):
     """A setting that cannot be used, with a message that says which and why."""
 
 
+Speculative = Literal["prompt-lookup", "off"]
+MAX_DRAFT_TOKENS = 64
+
+
 class ModelConfig(BaseModel):
     """One `[[models]]` table: a model served by name, loaded on demand."""
 
@@ -68,6 +72,8 @@ class ModelConfig(BaseModel):
     min_p: float | None = Field(None, ge=0, le=1)
     pinned: bool = False  # loaded at start-up and never unloaded for idleness or room
     ttl: float | None = Field(None, ge=0)  # seconds idle before unloading; None: `model_ttl`; 0: never
+    speculative: Speculative | None = None  # None: the top-level `speculative`
+    num_draft_tokens: int | None = Field(None, ge=1, le=MAX_DRAFT_TOKENS)  # None: the top-level one
 
     @property
     def sampling(self) -> dict[str, Any]:
@@ -142,6 +148,8 @@ class Settings(BaseModel):
     prompt_cache_save_bytes: int = Field(4 * 2**30, ge=0)
     strip_billing_header: bool = True
     constrained_decoding: bool = True  # hold calls and JSON answers to their grammars
+    speculative: Speculative = "prompt-lookup"  # how models propose tokens to verify; per model in [[models]]
+    num_draft_tokens: int = Field(8, ge=1, le=MAX_DRAFT_TOKENS)  # the longest proposal
     models: tuple[ModelConfig, ...] = ()
     model_rules: tuple[ModelRule, ...] = ()
     small_model: str | None = None

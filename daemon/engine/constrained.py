@@ -42,6 +42,16 @@ class GrammarConstraint:
         self._first = True
         self._may_reason = reasoning is not None and not in_reasoning
         self._broken = False
+        self._consumed = 0  # tokens the matcher took, so that a snapshot can take them back
+
+    def snapshot(self) -> tuple:
+        return self._consumed, self.complete, self._free, self._first, self._may_reason, self._broken
+
+    def restore(self, state: tuple) -> None:
+        consumed, self.complete, self._free, self._first, self._may_reason, self._broken = state
+        if self._consumed > consumed:
+            self.matcher.rollback(self._consumed - consumed)
+        self._consumed = consumed
 
     def accepts(self, tokens: list[int]) -> int:
         """How many of `tokens` the grammar allows from here, without taking them (for proposed tokens)."""
@@ -77,6 +87,7 @@ class GrammarConstraint:
             )
             self._broken = True
             return False
+        self._consumed += 1
         self.complete = self.matcher.is_stopped()
         return not self.complete
 

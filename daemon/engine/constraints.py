@@ -1,5 +1,9 @@
 """Logits processors that constrain what a model may generate: banned tokens, a thinking budget that closes
-the reasoning section by forcing its end marker once the budget is spent, and a response's grammar."""
+the reasoning section by forcing its end marker once the budget is spent, and a response's grammar.
+
+Each is called once per generated token with the context ending in the token just fed to the model, and
+reads no more of the context than that token. Each can `snapshot` its state and `restore` it: speculative
+decoding runs a processor over proposed tokens and takes back those that were refused."""
 
 from __future__ import annotations
 
@@ -12,15 +16,21 @@ from daemon.engine.model import LoadedModel
 from daemon.engine.prompt import Prompt
 
 
-def ban(tokens: tuple[int, ...]):
+class Ban:
     """Never generate these tokens (e.g. a tool-call marker under `tool_choice: none`)."""
-    banned = mx.array(list(tokens))
 
-    def processor(_context: Any, logits: mx.array) -> mx.array:
-        logits[..., banned] = -mx.inf
+    def __init__(self, tokens: tuple[int, ...]):
+        self.banned = mx.array(list(tokens))
+
+    def __call__(self, _context: Any, logits: mx.array) -> mx.array:
+        logits[..., self.banned] = -mx.inf
         return logits
 
-    return processor
+    def snapshot(self) -> None:
+        return None
+
+    def restore(self, _state: None) -> None:
+        pass
 
 
 class ThinkingBudget:
@@ -60,12 +70,18 @@ class ThinkingBudget:
         self.forced += 1
         return forced
 
+    def snapshot(self) -> tuple:
+        return self.thinking, self.spent, self.forced, self.first_call
+
+    def restore(self, state: tuple) -> None:
+        self.thinking, self.spent, self.forced, self.first_call = state
+
 
 def logits_processors(prompt: Prompt, model: LoadedModel) -> tuple[list, GrammarConstraint | None]:
     """The processors a prompt's response runs through, in order, and the grammar's among them."""
     processors: list = []
     if prompt.banned_tokens:
-        processors.append(ban(prompt.banned_tokens))
+        processors.append(Ban(prompt.banned_tokens))
     tokenizer = model.tokenizer
     marks = (tokenizer.think_start_tokens, tokenizer.think_end_tokens) if tokenizer.has_thinking else ()
     if prompt.thinking_budget is not None and marks:

@@ -38,14 +38,28 @@ def guard_sampler(sampler: Callable[[mx.array], mx.array], on_fault: Fault) -> C
     return sample
 
 
-def guard_processor(processor: Callable[[Any, mx.array], mx.array], on_fault: Fault):
-    """The logits processor, or the logits unchanged for the step in which it raised."""
+class GuardedProcessor:
+    """A logits processor that returns the logits unchanged for the step in which it raised, reporting the
+    fault; its snapshots pass through."""
 
-    def process(context: Any, logits: mx.array) -> mx.array:
+    def __init__(self, processor: Callable[[Any, mx.array], mx.array], on_fault: Fault):
+        self._processor = processor
+        self._on_fault = on_fault
+
+    def __call__(self, context: Any, logits: mx.array) -> mx.array:
         try:
-            return processor(context, logits)
+            return self._processor(context, logits)
         except Exception as error:
-            on_fault(error)
+            self._on_fault(error)
             return logits
 
-    return process
+    @property
+    def complete(self) -> bool:
+        """The processor holds the response complete (a grammar that allows nothing more)."""
+        return getattr(self._processor, "complete", False)
+
+    def snapshot(self) -> Any:
+        return self._processor.snapshot()  # type: ignore[attr-defined]
+
+    def restore(self, state: Any) -> None:
+        self._processor.restore(state)  # type: ignore[attr-defined]

@@ -23,6 +23,8 @@ class PreparedModel:
     context_length: int
     sampling_defaults: dict[str, Any] = field(default_factory=dict)
     grammars: GrammarCompiler | None = None  # compiles the grammars that constrain its output
+    speculative: str = "off"  # how its sequences propose tokens to verify: "prompt-lookup" or "off"
+    num_draft_tokens: int = 8  # the longest proposal
 
 
 @dataclass(kw_only=True)
@@ -40,9 +42,12 @@ def prepare_model(
     context_length: int | None = None,
     sampling: dict[str, Any] | None = None,
     constrained: bool = True,
+    speculative: str = "off",
+    num_draft_tokens: int = 8,
 ) -> PreparedModel:
     """Read the tokenizer and config, as `mlx_lm.load` would; `sampling` overrides the model's own
-    recommendations (generation_config.json); `constrained`: its output may be held to grammars."""
+    recommendations (generation_config.json); `constrained`: its output may be held to grammars;
+    `speculative` and `num_draft_tokens`: how its decoding speculates."""
     from mlx_lm.utils import load_config, load_tokenizer
 
     from daemon.engine.sampling import model_defaults
@@ -60,6 +65,8 @@ def prepare_model(
         grammars=GrammarCompiler(tokenizer, _vocab_size(config) or len(tokenizer._tokenizer))
         if constrained
         else None,
+        speculative=speculative,
+        num_draft_tokens=num_draft_tokens,
     )
 
 

@@ -57,6 +57,8 @@ class ModelSpec:
     pinned: bool = False
     ttl: float | None = None  # None: the registry's default
     constrained: bool = True  # calls and JSON answers held to their grammars
+    speculative: str = "prompt-lookup"  # how it proposes tokens to verify: "prompt-lookup" or "off"
+    num_draft_tokens: int = 8  # the longest proposal
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ class ServedModel:
                 context_length=spec.context_length,
                 sampling=dict(spec.sampling),
                 constrained=spec.constrained,
+                speculative=spec.speculative,
+                num_draft_tokens=spec.num_draft_tokens,
             )
         except Exception as error:  # whatever the files or the network did: reported, never fatal
             raise ModelLoadError(f"model {spec.name} cannot be loaded from {spec.source}: {error}") from error

@@ -1,5 +1,5 @@
-"""The engine thread: owns one model and runs every generation through mlx-lm's `BatchGenerator`, with
-prefix reuse through the prompt cache.
+"""The engine thread: owns one model and runs every generation through one continuous batch (mlx-lm's
+`BatchGenerator` over `DecodeBatch`), with prefix reuse through the prompt cache and speculation.
 
 Jobs arrive from any thread through `submit`; their events leave through each job's `emit` callback,
 called on the engine thread. A job is cancelled by setting its flag; the engine drops it at the next step.
@@ -20,12 +20,15 @@ from daemon.chat.events import Failed, Finished, GenerationEvent, Started, Usage
 from daemon.config.logs import current_request
 from daemon.engine.constrained import GrammarConstraint
 from daemon.engine.constraints import logits_processors
+from daemon.engine.decode_batch import Generator
 from daemon.engine.decoder import OutputDecoder
-from daemon.engine.guards import guard_processor, guard_sampler, reset_random_state
+from daemon.engine.guards import GuardedProcessor, guard_sampler, reset_random_state
 from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
+from daemon.engine.lookup import PromptLookup
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.reuse import ReuseMonitor
+from daemon.engine.speculation import Speculation
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,7 @@ class _Running:
     first_token: float | None = None
     output_tokens: int = 0
     grammar: GrammarConstraint | None = None  # what holds this sequence to its grammar
+    speculation: Speculation | None = None  # what this sequence proposes, and its counts
     fault: BaseException | None = None  # raised by this request's own sampler or logits processors
 
     def fault_in(self, error: BaseException) -> None:
@@ -153,11 +157,9 @@ class Engine:
                 batch.close()
                 batch = self._new_batch(stream)
 
-    def _new_batch(self, stream):
-        from mlx_lm.generate import BatchGenerator
-
+    def _new_batch(self, stream) -> Generator:
         tokenizer = self.loaded.tokenizer
-        return BatchGenerator(
+        return Generator(
             self.loaded.model,
             stop_tokens=[[token] for token in tokenizer.eos_token_ids],
             completion_batch_size=self.limits.max_sequences,
@@ -207,8 +209,12 @@ class Engine:
             caches=[hit.cache],
             all_tokens=[prompt.tokens[: hit.reused]],
             samplers=[guard_sampler(job.sampling.sampler(self._vocab_size), running.fault_in)],
-            logits_processors=[[guard_processor(p, running.fault_in) for p in processors]],
+            logits_processors=[[GuardedProcessor(p, running.fault_in) for p in processors]],
         )
+        if self.loaded.speculative == "prompt-lookup" and not running.prewarm:
+            lookup = PromptLookup(prompt.tokens)
+            running.speculation = Speculation(lookup, job.sampling, self.loaded.num_draft_tokens)
+            batch.speculate(uid, running.speculation)
         self._running[uid] = running
         job.emit(Started(self._usage(running)))
 
@@ -304,6 +310,8 @@ class Engine:
             tool_parse_failures=running.decoder.parse_failures,
             constrained_tokens=running.grammar.tokens if running.grammar else 0,
             mask_seconds=running.grammar.mask_seconds if running.grammar else 0.0,
+            proposed_tokens=running.speculation.proposed if running.speculation else 0,
+            accepted_tokens=running.speculation.accepted if running.speculation else 0,
         )
 
     def _usage(self, running: _Running, output_tokens: int = 0) -> Usage:

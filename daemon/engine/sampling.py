@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mlx_lm.sample_utils import make_sampler
+import mlx.core as mx
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_sampler
 
 from daemon.chat.request import SAMPLING_FIELDS
 
@@ -22,15 +23,27 @@ class SamplingParams:
     def sampler(self, vocab_size: int | None = None):
         """mlx-lm's sampler for these settings; temperature 0 is its greedy argmax. A `top_k` that keeps
         the whole vocabulary filters nothing (mlx-lm refuses it rather than ignoring it)."""
-        top_k = self.top_k or 0
-        if vocab_size is not None and top_k >= vocab_size:
-            top_k = 0
         return make_sampler(
             temp=self.temperature,
             top_p=self.top_p or 0.0,
-            top_k=top_k,
+            top_k=self._top_k(vocab_size),
             min_p=self.min_p or 0.0,
         )
+
+    def filtered(self, logprobs: mx.array) -> mx.array:
+        """The log-probabilities `sampler` draws from (divided by the temperature there): mlx-lm's filters,
+        applied as its sampler applies them."""
+        if 0 < (self.top_p or 0.0) < 1.0:
+            logprobs = apply_top_p(logprobs, self.top_p)
+        if self.min_p:
+            logprobs = apply_min_p(logprobs, self.min_p, 1)
+        if top_k := self._top_k(logprobs.shape[-1]):
+            logprobs = apply_top_k(logprobs, top_k)
+        return logprobs
+
+    def _top_k(self, vocab_size: int | None) -> int:
+        top_k = self.top_k or 0
+        return 0 if vocab_size is not None and top_k >= vocab_size else top_k
 
     @property
     def greedy(self) -> bool:

@@ -1,0 +1,226 @@
+"""The decoding half of the continuous batch: mlx-lm's `GenerationBatch`, with two additions.
+
+- A lone sequence steps on its own per-sequence caches (no batch mask, scalar positions), as
+  `stream_generate` steps it, and goes back into batch caches the moment another sequence joins; neither
+  move loses or recomputes any state.
+- Speculative decoding inside the batch: each sequence carries its own proposals, one forward pass verifies
+  them all, and each sequence accepts its own prefix. The batch's KV cache is trimmed as one, by the most any
+  sequence must drop; a sequence that accepted more keeps the tokens it lost from the cache as a carry,
+  fed again (never output again) at its next step. Steps in which nothing is proposed are mlx-lm's own
+  pipelined step, so text that copies nothing decodes as it would without speculation.
+
+`Generator` is mlx-lm's `BatchGenerator` with this batch in place of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+from mlx_lm.generate import BatchGenerator, GenerationBatch, _merge_caches
+from mlx_lm.models.cache import BatchKVCache, KVCache
+
+from daemon.engine.speculation import Speculation, verify
+
+
+class DecodeBatch(GenerationBatch):
+    def __init__(self, *args: Any, **kwargs: Any):
+        self.speculations: dict[int, Speculation] = {}  # by uid; shared with the `Generator`
+        self._alone = False  # the one sequence steps on per-sequence caches
+        self._carry: list[list[int]] = []  # per row: output tokens dropped from the cache, to feed again
+        super().__init__(*args, **kwargs)
+        self._carry = [[] for _ in self.uids]
+
+    # -- the batch's rows -------------------------------------------------------------------------------
+
+    def extend(self, batch: GenerationBatch) -> None:
+        self._rejoin()
+        super().extend(batch)
+        self._carry.extend([] for _ in batch.uids)
+
+    def filter(self, keep: list[int]) -> None:
+        gone = set(range(len(self.uids))) - set(keep)
+        for row in gone:
+            self.speculations.pop(self.uids[row], None)
+        if keep:
+            self._rejoin()
+        self._alone = False
+        super().filter(keep)
+        self._carry = [self._carry[row] for row in keep]
+
+    def extract_cache(self, idx: int) -> list[Any]:
+        if self._alone:
+            return list(self.prompt_cache)
+        return super().extract_cache(idx)
+
+    def _go_alone(self) -> None:
+        if len(self.uids) == 1 and not self._alone and self._plain_attention():
+            self.prompt_cache = [layer.extract(0) for layer in self.prompt_cache]
+            self._alone = True
+
+    def _rejoin(self) -> None:
+        if self._alone:
+            self.prompt_cache = _merge_caches([self.prompt_cache])
+            self._alone = False
+
+    def _plain_attention(self) -> bool:
+        """Every layer's cache is plain attention's, which can be split off, merged and trimmed freely."""
+        return bool(self.prompt_cache) and all(
+            isinstance(layer, (BatchKVCache, KVCache)) for layer in self.prompt_cache
+        )
+
+    # -- stepping ---------------------------------------------------------------------------------------
+
+    def next(self) -> list[GenerationBatch.Response]:
+        if not self.uids:
+            return []
+        self._go_alone()
+        speculating = any(self._carry) or self._may_speculate()
+        responses = self._speculative_next() if speculating else super().next()
+        for response in responses:
+            if (speculation := self.speculations.get(response.uid)) is not None:
+                speculation.took([response.token])
+        return responses
+
+    def _may_speculate(self) -> bool:
+        if not self._plain_attention():
+            return False
+        speculations = [s for uid in self.uids if (s := self.speculations.get(uid)) is not None]
+        return any([speculation.ready() for speculation in speculations])  # each counts its pause down
+
+    def _proposal(self, row: int, last: int) -> list[int]:
+        speculation = self.speculations.get(self.uids[row])
+        processors = self.logits_processors[row] or ()
+        if speculation is None or not all(hasattr(p, "snapshot") for p in processors):
+            return []
+        room = self.max_tokens[row] - self._num_tokens[row] - 1  # never propose past max_tokens
+        return speculation.propose(last)[: max(room, 0)]
+
+    def _speculative_next(self) -> list[GenerationBatch.Response]:
+        """One step that feeds each row its carry, its next token and its proposal, and verifies them."""
+        last = self._next_tokens.tolist()
+        proposals = [self._proposal(row, token) for row, token in enumerate(last)]
+        if not any(proposals) and not any(self._carry):
+            return super().next()
+        rows = zip(self._carry, last, proposals, strict=True)
+        fed = [[*carry, token, *proposal] for carry, token, proposal in rows]
+        width = max(map(len, fed))
+        inputs = mx.array([row + row[-1:] * (width - len(row)) for row in fed])  # the filler is never read
+        logits = self.model(inputs, cache=self.prompt_cache)
+
+        outcomes = [self._verify_row(row, logits[row], fed[row], proposals[row]) for row in range(len(fed))]
+        mx.eval([outcome[1:] for outcome in outcomes])
+
+        # Each row keeps in the cache what it fed up to its last accepted token; the cache is cut as one.
+        valid = [len(self._carry[row]) + 1 + int(outcome[0]) for row, outcome in enumerate(outcomes)]
+        kept = min(valid)
+        for layer in self.prompt_cache:
+            layer.trim(width - kept)
+        return self._respond(fed, valid, kept, outcomes)
+
+    def _verify_row(self, row: int, logits: mx.array, fed: list[int], proposal: list[int]):
+        """(tokens accepted, next token, its log-probabilities, each fed token's log-probabilities)."""
+        start = len(self._carry[row])
+        rows = logits[start : start + len(proposal) + 1]
+        processors = self.logits_processors[row] or ()
+        snapshots = []
+        if processors:
+            processed = []
+            for j in range(len(proposal) + 1):
+                if j and processed[-1][0, fed[start + j]].item() == -float("inf"):
+                    # The constraints refuse this proposal: no processor may take it (a grammar would break).
+                    proposal = proposal[: j - 1]
+                    break
+                snapshots.append([p.snapshot() for p in processors])
+                scores = rows[j : j + 1]
+                for processor in processors:
+                    scores = processor(mx.array(fed[start + j : start + j + 1]), scores)
+                if j and any(getattr(p, "complete", False) for p in processors):
+                    # The output ends at this token: it may only be a step's last, where the runner looks.
+                    for processor, state in zip(processors, snapshots[j], strict=True):
+                        processor.restore(state)
+                    proposal = proposal[: j - 1]
+                    break
+                processed.append(scores)
+            rows = mx.concatenate(processed)
+        logprobs = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
+        if not proposal:
+            sampler = self.samplers[row] if self.samplers else self.fallback_sampler
+            return 0, sampler(logprobs)[0], logprobs[0], logprobs
+        speculation = self.speculations[self.uids[row]]
+        accepted, candidates = verify(logprobs, proposal, speculation.sampling)
+        mx.eval(accepted, candidates)
+        flags = accepted.tolist()
+        taken = flags.index(False) if False in flags else len(proposal)
+        speculation.record(len(proposal), taken)
+        if snapshots and taken < len(proposal):
+            for processor, state in zip(processors, snapshots[taken + 1], strict=True):
+                processor.restore(state)
+        return taken, candidates[taken], logprobs[taken], logprobs
+
+    def _respond(self, fed, valid, kept, outcomes) -> list[GenerationBatch.Response]:
+        """Output each row's newly decided tokens (its next token and the proposals it accepted), up to
+        a stop or `max_tokens`, and set up the next step."""
+        responses, keep = [], []
+        next_tokens, next_logprobs = [], []
+        for row, (taken, token, logprobs, fed_logprobs) in enumerate(outcomes):
+            carry = len(self._carry[row])
+            before = list(self.tokens[row])
+            self.tokens[row] += fed[row][:kept]
+            self._carry[row] = fed[row][kept : valid[row]]
+            output = fed[row][carry : carry + 1 + taken]
+            scores = [self._next_logprobs[row], *(fed_logprobs[j] for j in range(taken))]
+            if self.logits_processors[row]:
+                self._token_context[row].update_and_fetch(mx.array(output))
+            finished = None
+            for n, (out, score) in enumerate(zip(output, scores, strict=True)):
+                self._num_tokens[row] += 1
+                reason = "length" if self._num_tokens[row] >= self.max_tokens[row] else None
+                if self._matchers[row].advance(out):
+                    reason = "stop"
+                if reason is not None:
+                    through = fed[row][: carry + n + 1]
+                    finished = self._finished_row(row, before, through, kept, out, score, reason)
+                    responses.append(finished)
+                    break
+                responses.append(self.Response(self.uids[row], out, score, None, None, None))
+            if finished is None:
+                keep.append(row)
+            next_tokens.append(token)
+            next_logprobs.append(logprobs)
+        self._next_tokens = mx.stack(next_tokens).astype(mx.uint32)
+        self._next_logprobs = next_logprobs
+        if len(keep) < len(self.uids):
+            self.filter(keep)
+        return responses
+
+    def _finished_row(self, row, before, through, kept, token, logprobs, reason) -> GenerationBatch.Response:
+        """A row that ends inside its accepted run: its cache and tokens end at its last output token."""
+        cache = self.extract_cache(row)
+        extra = kept - min(len(through), kept)
+        if extra:
+            for layer in cache:
+                layer.trim(extra)
+        tokens = before + through[: min(len(through), kept)]
+        return self.Response(self.uids[row], token, logprobs, reason, cache, tokens)
+
+
+class Generator(BatchGenerator):
+    """mlx-lm's continuous batch over `DecodeBatch`."""
+
+    def __init__(self, model: Any, **kwargs: Any):
+        super().__init__(model, **kwargs)
+        self._generation_batch = DecodeBatch.empty(self.model, self.sampler)
+
+    def speculate(self, uid: int, speculation: Speculation) -> None:
+        """Let the sequence propose tokens from here on."""
+        self._generation_batch.speculations[uid] = speculation
+
+    def speculation(self, uid: int) -> Speculation | None:
+        return self._generation_batch.speculations.get(uid)
+
+    def remove(self, uids, return_prompt_caches=False):
+        caches = super().remove(uids, return_prompt_caches)
+        for uid in uids:
+            self._generation_batch.speculations.pop(uid, None)
+        return caches
