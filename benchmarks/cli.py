@@ -4,6 +4,7 @@ arguments."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from dataclasses import replace
 from datetime import datetime
@@ -54,6 +55,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="run the constrained-decoding benchmark instead (--constrained --help: its options)",
     )
+    cli.add_argument(
+        "--speculative",
+        action="store_true",
+        help="run the speculative-decoding benchmark instead (--speculative --help: its options)",
+    )
     return cli
 
 
@@ -63,17 +69,9 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         from benchmarks import soak
 
         return soak.main([arg for arg in argv if arg != "--soak"], prog=f"{prog} --soak")
-    if "--constrained" in argv:
-        try:
-            from benchmarks.constrained import cli as constrained
-        except ModuleNotFoundError as error:  # its request is the tests' capture of Claude Code's
-            print(
-                f"{prog}: {error}: --constrained needs the suite's extra and a checkout of mlxd (tests/)",
-                file=sys.stderr,
-            )
-            return 2
-        rest = [arg for arg in argv if arg != "--constrained"]
-        return constrained.main(rest, prog=f"{prog} --constrained")
+    for flag in ("--constrained", "--speculative"):
+        if flag in argv:
+            return _checkout_benchmark(flag, [arg for arg in argv if arg != flag], prog)
     args = parser(prog).parse_args(argv)
     plan = _plan(args)
     out = args.out or Path("benchmarks/results") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -154,3 +152,17 @@ def _redacted(argv: list[str]) -> list[str]:
     """The arguments as recorded in the results, without the peer token."""
     hidden = ["***" if index and argv[index - 1] == "--peer-token" else arg for index, arg in enumerate(argv)]
     return ["--peer-token=***" if arg.startswith("--peer-token=") else arg for arg in hidden]
+
+
+def _checkout_benchmark(flag: str, argv: list[str], prog: str) -> int:
+    """A benchmark that runs on the tests' parts (Claude Code's captured request, the trainer)."""
+    name = flag.removeprefix("--")
+    try:
+        cli = importlib.import_module(f"benchmarks.{name}.cli")
+    except ModuleNotFoundError as error:
+        print(
+            f"{prog}: {error}: {flag} needs the suite's extra and a checkout of mlxd (tests/)",
+            file=sys.stderr,
+        )
+        return 2
+    return cli.main(argv, prog=f"{prog} {flag}")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from benchmarks.cli import main
-from tests.conftest import run_server
+from tests.conftest import MODELS, run_server
 
 SECTIONS = ("single_stream", "concurrency", "session", "prefill")
 PLOTS = ("single_stream", "concurrency", "session", "prefill", "memory")
@@ -88,3 +88,28 @@ def test_constrained_smoke_run_writes_its_report(tmp_path: Path, tiny_model: Pat
     assert "—" not in table  # no empty cell
     assert "Target: constrained decode at least 0.9x unconstrained:" in table
     assert "Cost, per decode step" in table
+
+
+def test_speculative_smoke_run_writes_its_report(tmp_path: Path) -> None:
+    """`--speculative`: both arms on both workloads on the trained tiny model, acceptance from the lookup
+    server's log, the cost ratio measured, and the table with every cell filled."""
+    out = tmp_path / "speculative"
+    assert main(["--speculative", "--smoke", "--models-dir", str(MODELS), "--out", str(out)]) == 0
+
+    results = json.loads((out / "speculative.json").read_text())
+    cells = results["cells"]["tiny"]
+    assert set(cells) == {"edit", "free"} and set(cells["edit"]) == {"1", "2"}
+    for workload, levels in cells.items():
+        for streams, cell in levels.items():
+            for arm in ("off", "prompt-lookup"):
+                assert is_number(cell["decode_tps"][arm]["median"]), (workload, streams, arm)
+            assert is_number(cell["ratio"]["median"]), (workload, streams)
+    assert cells["edit"]["1"]["accepted"] > 0  # the answer copies its prompt: proposals are accepted
+    cost = results["cost"]["tiny"]
+    assert cost["verify_ms"] > 0 and cost["one_token_ms"] > 0 and cost["k"] == 8
+
+    table = (out / "speculative.md").read_text()
+    speed = ("| tiny | edit", "| tiny | free")
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith(speed)]
+    assert [row[1:3] for row in rows] == [["edit", "1"], ["edit", "2"], ["free", "1"], ["free", "2"]]
+    assert all("—" not in cell for row in rows for cell in row[3:6])  # both rates and their ratio

@@ -14,10 +14,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from benchmarks import servers
+from benchmarks import serverlog, servers
 from benchmarks.cli import resolve_model
 from benchmarks.client import BenchError
-from benchmarks.constrained import report, serverlog
+from benchmarks.constrained import report
 from benchmarks.constrained.figures import figures
 from benchmarks.constrained.workload import ARMS, PLANS, SETTINGS, Plan, body, run
 from benchmarks.machine import describe

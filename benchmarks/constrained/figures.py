@@ -10,8 +10,8 @@ from dataclasses import asdict
 from itertools import groupby
 from typing import Any
 
-from benchmarks.constrained.serverlog import Served
 from benchmarks.constrained.workload import ARMS, Sent
+from benchmarks.serverlog import Served
 from benchmarks.stats import summary
 
 TARGET = 0.9  # the issue's: constrained decode at least 0.9x unconstrained

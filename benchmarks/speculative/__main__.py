@@ -1,0 +1,7 @@
+"""`python -m benchmarks.speculative`: the benchmark's command line."""
+
+import sys
+
+from benchmarks.speculative.cli import main
+
+sys.exit(main(sys.argv[1:]))
