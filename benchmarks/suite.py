@@ -77,7 +77,9 @@ def _measure_all(results: dict[str, Any], options: Options, engine: RawEngine) -
         _record(results, "raw", measure_raw(engine, work, plan, progress))
         engine.close()
         progress.set_description("mlxd")
-        with servers.mlxd(options.model, "bench", plan, home) as server:
+        # Against engines that decode one token per step: a random model's output loops, which prompt
+        # lookup would copy. `--speculative` measures speculation on output that copies its prompt.
+        with servers.mlxd(options.model, "bench", plan, home, {"MLXD_SPECULATIVE": "off"}) as server:
             _measure_server(results, server, work, plan, plan.session_repeats, progress)
         if options.mlx_lm_server:
             progress.set_description("mlx_lm.server")

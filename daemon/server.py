@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from http import HTTPStatus
+from typing import Any
 
 import h11
 import hypercorn.protocol
@@ -27,6 +28,7 @@ from daemon.api import admin, boundary, chat_completions, errors, health, messag
 from daemon.api.auth import token_checker
 from daemon.api.metrics import Metrics
 from daemon.config.logs import current_request, new_request_id
+from daemon.config.model_tables import Speculation
 from daemon.config.settings import Settings, data_dir
 from daemon.config.units import format_bytes
 from daemon.engine.jobs import EngineLimits
@@ -105,8 +107,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
             pinned=m.pinned,
             ttl=m.ttl,
             constrained=settings.constrained_decoding,
-            speculative=m.speculative or settings.speculative,
-            num_draft_tokens=m.num_draft_tokens or settings.num_draft_tokens,
+            **_speculation(settings.speculation_of(m)),
         )
         for m in settings.served_models()
     ]
@@ -118,8 +119,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
                 str(demo),
                 context_length=settings.context_length,
                 constrained=settings.constrained_decoding,
-                speculative=settings.speculative,
-                num_draft_tokens=settings.num_draft_tokens,
+                **_speculation(settings.speculation_of(None)),
             )
         ]
         log.warning(DEMO_WARNING.format(config=default_config_path()))
@@ -168,6 +168,14 @@ def _exit(code: int) -> None:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+def _speculation(speculation: Speculation) -> dict[str, Any]:
+    return {
+        "speculative": speculation.mode,
+        "draft_model": speculation.draft_model,
+        "num_draft_tokens": speculation.num_draft_tokens,
+    }
 
 
 def hypercorn_config(settings: Settings) -> HypercornConfig:

@@ -12,11 +12,11 @@ from daemon.engine.demo_model import ModelShape, build_model
 STOP = "<|stop|>"
 
 
-def endless_model(path: Path) -> Path:
+def endless_model(path: Path, shape: ModelShape | None = None, seed: int = 0) -> Path:
     """A random model that can never end a turn by itself: its end-of-sequence token lies past the last
     logit the model outputs. Only `max_tokens`, a stop sequence, a cancel or a shutdown ends its output,
-    which is what tests of those need."""
-    build_model(path, ModelShape())
+    which is what tests of those need. Models of any shape or seed share one vocabulary."""
+    build_model(path, shape or ModelShape(), seed=seed)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(path))
     tokenizer.add_special_tokens({"eos_token": STOP})
     tokenizer.save_pretrained(str(path))

@@ -101,15 +101,18 @@ def test_speculative_smoke_run_writes_its_report(tmp_path: Path) -> None:
     assert set(cells) == {"edit", "free"} and set(cells["edit"]) == {"1", "2"}
     for workload, levels in cells.items():
         for streams, cell in levels.items():
-            for arm in ("off", "prompt-lookup"):
-                assert is_number(cell["decode_tps"][arm]["median"]), (workload, streams, arm)
-            assert is_number(cell["ratio"]["median"]), (workload, streams)
-    assert cells["edit"]["1"]["accepted"] > 0  # the answer copies its prompt: proposals are accepted
+            assert is_number(cell["off"]["decode_tps"]["median"]), (workload, streams)
+            for arm in ("prompt-lookup", "draft"):
+                assert is_number(cell[arm]["decode_tps"]["median"]), (workload, streams, arm)
+                assert is_number(cell[arm]["ratio"]["median"]), (workload, streams, arm)
+    assert cells["edit"]["1"]["prompt-lookup"]["proposed"] > 0  # the answer copies its prompt
     cost = results["cost"]["tiny"]
     assert cost["verify_ms"] > 0 and cost["one_token_ms"] > 0 and cost["k"] == 8
 
     table = (out / "speculative.md").read_text()
     speed = ("| tiny | edit", "| tiny | free")
-    rows = [line.split(" | ") for line in table.splitlines() if line.startswith(speed)]
-    assert [row[1:3] for row in rows] == [["edit", "1"], ["edit", "2"], ["free", "1"], ["free", "2"]]
-    assert all("—" not in cell for row in rows for cell in row[3:6])  # both rates and their ratio
+    rows = [line.split(" | ")[1:4] for line in table.splitlines() if line.startswith(speed)]
+    arms = ("prompt-lookup", "draft")
+    assert rows == [[w, s, arm] for w in ("edit", "free") for s in ("1", "2") for arm in arms]
+    cells = [line.split(" | ")[4:7] for line in table.splitlines() if line.startswith(speed)]
+    assert all("—" not in cell for row in cells for cell in row)  # both rates and their ratio

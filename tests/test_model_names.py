@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.settings import ModelConfig, SettingsError, is_repo_id, load_settings
+from daemon.config.model_tables import ModelConfig, is_repo_id
+from daemon.config.settings import SettingsError, load_settings
 from daemon.config.units import format_bytes
 from daemon.engine.memory import NoRoom, Resident, plan_room
 from daemon.engine.names import ModelNames, NameRule, tier_rules

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.settings import ModelConfig, Settings, SettingsError, load_settings
+from daemon.config.model_tables import ModelConfig
+from daemon.config.settings import Settings, SettingsError, load_settings
 
 
 def test_layers_win_in_order(tmp_path: Path) -> None:
@@ -78,3 +79,27 @@ def test_a_local_model_folder_that_is_missing_is_refused_naming_it(tmp_path: Pat
     )
     with pytest.raises(SettingsError, match=f"model gone: no folder {re.escape(str(tmp_path / 'gone'))} "):
         configured.check_sources()
+
+
+def test_speculation_is_set_per_model_over_the_top_level(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    tables = '[[models]]\nname = "a"\nsource = "o/a"\nspeculative = "off"\n\n'
+    tables += '[[models]]\nname = "b"\nsource = "o/b"\nspeculative = "draft"\ndraft_model = "o/b-small"\n\n'
+    tables += '[[models]]\nname = "c"\nsource = "o/c"\nnum_draft_tokens = 16\n'
+    config.write_text(f"num_draft_tokens = 4\n{tables}")
+    settings = load_settings({"config": str(config)}, {"MLXD_CONFIG_DIR": str(tmp_path)})
+    a, b, c = (settings.speculation_of(model) for model in settings.served_models())
+    assert (a.mode, a.num_draft_tokens) == ("off", 4)
+    assert (b.mode, b.draft_model) == ("draft", "o/b-small")
+    assert (c.mode, c.draft_model, c.num_draft_tokens) == ("prompt-lookup", None, 16)
+
+
+def test_a_draft_without_its_model_and_unknown_modes_are_refused(tmp_path: Path) -> None:
+    env = {"MLXD_CONFIG_DIR": str(tmp_path)}
+    with pytest.raises(SettingsError, match='model demo: speculative = "draft" needs draft_model'):
+        load_settings({}, {**env, "MLXD_SPECULATIVE": "draft"})
+    with pytest.raises(SettingsError, match="speculative"):
+        load_settings({}, {**env, "MLXD_SPECULATIVE": "eagle"})
+    with pytest.raises(SettingsError, match="num_draft_tokens"):
+        load_settings({}, {**env, "MLXD_NUM_DRAFT_TOKENS": "0"})
+    assert load_settings({}, {**env, "MLXD_SPECULATIVE": "draft", "MLXD_DRAFT_MODEL": "o/small"}).draft_model

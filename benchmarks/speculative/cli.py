@@ -19,7 +19,7 @@ from benchmarks.machine import describe
 from benchmarks.plan import PLANS as SUITE_PLANS
 from benchmarks.speculative import report
 from benchmarks.speculative.cost import cost_ratio
-from benchmarks.speculative.workload import ARMS, EDIT, PLANS, SETTINGS, Plan, model_for, run, steps
+from benchmarks.speculative.workload import ARMS, DRAFTS, EDIT, PLANS, Plan, model_for, run, settings, steps
 from daemon.config.settings import Settings, data_dir
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.specul
         "command": " ".join([prog, *argv]),
         "machine": describe(),
         "num_draft_tokens": Settings().num_draft_tokens,
-        "servers": SETTINGS,
+        "drafts": DRAFTS,
         "plan": asdict(plan),
         "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
     }
@@ -76,13 +76,13 @@ def measure(plan: Plan, models_dir: Path, out: Path) -> dict[str, Any]:
     sent, served, cost, parameters = [], {}, {}, {}
     with tqdm(total=steps(plan), desc="speculative", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
         for shape in plan.shapes:
-            model = model_for(shape, models_dir)
+            model, draft = model_for(shape, models_dir), model_for(DRAFTS[shape], models_dir)
             cost[shape] = cost_ratio(model, EDIT, Settings().num_draft_tokens)
             parameters[shape] = _parameters(model)
             with ExitStack() as stack:
                 started = {
                     arm: stack.enter_context(
-                        servers.mlxd(model, "bench", server_plan, out / shape / arm, SETTINGS[arm])
+                        servers.mlxd(model, "bench", server_plan, out / shape / arm, settings(arm, draft))
                     )
                     for arm in ARMS
                 }

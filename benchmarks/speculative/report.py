@@ -32,20 +32,23 @@ def figures(sent: list[Sent], served: dict[str, Served]) -> dict[str, Any]:
     for (shape, workload, streams), group in groupby(sorted(sent, key=key), key=key):
         items = list(group)
         rates = {arm: _per_repeat(items, arm, of) for arm in ARMS}
-        looked = [of(item) for item in items if item.arm == "prompt-lookup"]
-        proposed, accepted = sum(s.proposed for s in looked), sum(s.accepted for s in looked)
-        ratios = [on / off for on, off in zip(rates["prompt-lookup"], rates["off"], strict=True) if off]
-        cells.setdefault(shape, {}).setdefault(workload, {})[str(streams)] = {
-            "decode_tps": {arm: summary(rates[arm]) for arm in ARMS},
-            "ratio": summary(ratios),
-            "output_tokens": summary(s.output_tokens for s in looked),
-            "proposed": proposed,
-            "accepted": accepted,
-            "acceptance": accepted / proposed if proposed else None,
-            "accepted_share": accepted / sum(s.output_tokens for s in looked) if looked else None,
-            # Each step outputs one token of its own and the proposals it accepted.
-            "tokens_per_step": _per_step(looked),
-        }
+        cell: dict[str, Any] = {"off": {"decode_tps": summary(rates["off"])}}
+        for arm in ARMS[1:]:
+            mine = [of(item) for item in items if item.arm == arm]
+            proposed, accepted = sum(s.proposed for s in mine), sum(s.accepted for s in mine)
+            ratios = [on / off for on, off in zip(rates[arm], rates["off"], strict=True) if off]
+            cell[arm] = {
+                "decode_tps": summary(rates[arm]),
+                "ratio": summary(ratios),
+                "output_tokens": summary(s.output_tokens for s in mine),
+                "proposed": proposed,
+                "accepted": accepted,
+                "acceptance": accepted / proposed if proposed else None,
+                "accepted_share": accepted / sum(s.output_tokens for s in mine) if mine else None,
+                # Each step outputs one token of its own and the proposals it accepted.
+                "tokens_per_step": _per_step(mine),
+            }
+        cells.setdefault(shape, {}).setdefault(workload, {})[str(streams)] = cell
     return cells
 
 
@@ -79,26 +82,28 @@ def markdown(results: dict[str, Any]) -> str:
         "- Models: Qwen3-shaped, trained until greedy decoding says both answers exactly (benchmarks/"
         "speculative/workload.py): the edit turn's answer copies a function from a file in its prompt; the "
         "free answer copies nothing. Both arms decode the same tokens.",
-        "- Arms: an mlxd with MLXD_SPECULATIVE=off and one with prompt-lookup (up to "
-        f"{meta['num_draft_tokens']} proposed tokens), taking turns, {meta['plan']['repeats']} batches each.",
+        "- Arms: an mlxd with MLXD_SPECULATIVE=off, one with prompt-lookup and one with a draft model (the "
+        f"next shape down: {_drafts(meta['drafts'])}), up to {meta['num_draft_tokens']} proposed tokens, "
+        f"taking turns, {meta['plan']['repeats']} batches each.",
         "- Decode tok/s: mlxd's own figure per request ((output tokens - 1) / decode seconds, from its log "
         "line), the mean over a batch's streams; each cell the median (min-max) over the batches; the ratio "
         "the median (min-max) of each repeat's two batches' ratio. Acceptance: accepted / proposed tokens.",
         "",
-        "| Model | Workload | Streams | off tok/s | prompt-lookup tok/s | ratio | target | acceptance "
-        "| output from proposals | tokens per step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Model | Workload | Streams | Proposer | off tok/s | speculating tok/s | ratio | target "
+        "| acceptance | output from proposals | tokens per step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for shape, workloads in results["cells"].items():
         for workload, levels in workloads.items():
             for streams, cell in levels.items():
-                rates = cell["decode_tps"]
-                lines.append(
-                    f"| {shape} | {workload} | {streams} | {fmt_summary(rates['off'])} | "
-                    f"{fmt_summary(rates['prompt-lookup'])} | {fmt_summary(cell['ratio'])} | "
-                    f"{TARGETS[workload]}x | {_share(cell['acceptance'])} | "
-                    f"{_share(cell['accepted_share'])} | {fmt(cell['tokens_per_step'])} |"
-                )
+                for arm in ARMS[1:]:
+                    mine, off = cell[arm], cell["off"]["decode_tps"]
+                    lines.append(
+                        f"| {shape} | {workload} | {streams} | {arm} | {fmt_summary(off)} | "
+                        f"{fmt_summary(mine['decode_tps'])} | {fmt_summary(mine['ratio'])} | "
+                        f"{TARGETS[workload]}x | {_share(mine['acceptance'])} | "
+                        f"{_share(mine['accepted_share'])} | {fmt(mine['tokens_per_step'])} |"
+                    )
     lines += [
         "",
         "| Model | parameters | one token (ms) | k+1 tokens (ms) | cost ratio |",
@@ -120,6 +125,10 @@ def markdown(results: dict[str, Any]) -> str:
         "token's arithmetic, and its ratios are higher (the table), so it gains less.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _drafts(drafts: dict[str, str]) -> str:
+    return ", ".join(f"{draft} for {model}" for model, draft in drafts.items())
 
 
 def _share(value: float | None) -> str:

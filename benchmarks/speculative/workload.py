@@ -1,10 +1,11 @@
 """The models and requests. A random-weight model copies nothing, so the benchmark trains its own (with the
 tests' trainer, `tests/trained.py`): greedy decoding of each says two answers exactly, one that copies a
-function from a file in its prompt (an edit turn) and one written free (a note about the sea). Two shapes:
-`mini`, the suite's CPU benchmark shape (compute-bound here), and `tiny`, small enough that a step is mostly
-its fixed overhead, the nearest this CPU comes to a Mac GPU's regime, where checking several tokens costs
-about what one does. Each arm is an mlxd of its own on the same model (speculation off, prompt lookup); they
-take turns, each repeat starting with the arm the last one ended with, so that drift cancels."""
+function from a file in its prompt (an edit turn) and one written free (a note about the sea). Two shapes,
+each drafted by the next shape down, trained on the same answers: `mini`, the suite's CPU benchmark shape
+(compute-bound here), and `tiny`, small enough that a step is mostly its fixed overhead, the nearest this
+CPU comes to a Mac GPU's regime, where checking several tokens costs about what one does. Each arm is an
+mlxd of its own on the same model (speculation off, prompt lookup, the draft); they take turns, each repeat
+starting with the arm the last one ended with, so that drift cancels."""
 
 from __future__ import annotations
 
@@ -17,14 +18,17 @@ from benchmarks.client import Endpoint, StreamResult
 from benchmarks.workloads import Progress, concurrently
 from tests.trained import TRAINED_SHAPE, Example, trained_model
 
-ARMS = ("off", "prompt-lookup")
-SETTINGS = {arm: {"MLXD_SPECULATIVE": arm} for arm in ARMS}
+ARMS = ("off", "prompt-lookup", "draft")
 SHAPES = {
     "mini": replace(
         TRAINED_SHAPE, hidden_size=256, intermediate_size=768, num_attention_heads=4, head_dim=64
     ),
     "tiny": TRAINED_SHAPE,
+    "nano": replace(
+        TRAINED_SHAPE, hidden_size=32, intermediate_size=64, num_attention_heads=2, num_key_value_heads=1
+    ),
 }
+DRAFTS = {"mini": "tiny", "tiny": "nano"}  # each model's draft: the next shape down, on the same answers
 
 FILE = '''import math
 
@@ -91,6 +95,11 @@ class Sent:
     streams: int
     repeat: int
     result: StreamResult
+
+
+def settings(arm: str, draft: Path) -> dict[str, str]:
+    """The arm's server's MLXD_ settings."""
+    return {"MLXD_SPECULATIVE": arm} | ({"MLXD_DRAFT_MODEL": str(draft)} if arm == "draft" else {})
 
 
 def model_for(shape: str, models_dir: Path) -> Path:

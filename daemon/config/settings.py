@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from ipaddress import IPv4Network, IPv6Network
@@ -14,16 +13,21 @@ from typing import Any, Literal
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from daemon.chat.request import SAMPLING_FIELDS
+from daemon.config.model_tables import (
+    MAX_DRAFT_TOKENS,
+    ModelConfig,
+    ModelRule,
+    SettingsError,
+    Speculation,
+    Speculative,
+    check_unique,
+    names_and_aliases,
+    retrievable_id,
+)
 
 APP = "mlxd"
 DEFAULT_PORT = 8484
 ENV_PREFIX = "MLXD_"
-
-# A Hugging Face repo id, `name` or `owner/name`, as huggingface_hub's `validate_repo_id` accepts one.
-_REPO_ID = re.compile(r"(\b[\w\-.]{1,96}\b/)?\b[\w\-.]{1,96}\b", re.ASCII)
-# What `GET /v1/models/{id}` can name: the path `/v1/models//x` names `/x`, but none names `//x` or `/`.
-_RETRIEVABLE_ID = re.compile(r"/?[^/]")
 
 
 def physical_memory() -> int:
@@ -47,80 +51,6 @@ def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
 
 def data_dir() -> Path:
     return Path(os.environ.get("MLXD_DATA_DIR") or platformdirs.user_data_dir(APP))
-
-
-class SettingsError(Exception):
-    """A setting that cannot be used, with a message that says which and why."""
-
-
-Speculative = Literal["prompt-lookup", "off"]
-MAX_DRAFT_TOKENS = 64
-
-
-class ModelConfig(BaseModel):
-    """One `[[models]]` table: a model served by name, loaded on demand."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    name: str = Field(min_length=1)
-    source: str = Field(min_length=1)  # a local model folder or a Hugging Face repo id (see `is_repo_id`)
-    aliases: tuple[str, ...] = ()
-    context_length: int | None = Field(None, gt=0)
-    temperature: float | None = Field(None, ge=0)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    min_p: float | None = Field(None, ge=0, le=1)
-    pinned: bool = False  # loaded at start-up and never unloaded for idleness or room
-    ttl: float | None = Field(None, ge=0)  # seconds idle before unloading; None: `model_ttl`; 0: never
-    speculative: Speculative | None = None  # None: the top-level `speculative`
-    num_draft_tokens: int | None = Field(None, ge=1, le=MAX_DRAFT_TOKENS)  # None: the top-level one
-
-    @property
-    def sampling(self) -> dict[str, Any]:
-        """The default sampling this config sets, over the model's own generation_config.json."""
-        values = {name: getattr(self, name) for name in SAMPLING_FIELDS}
-        return {name: value for name, value in values.items() if value is not None}
-
-    @field_validator("name", mode="after")
-    @classmethod
-    def _retrievable_name(cls, name: str) -> str:
-        return retrievable_id(name)
-
-    @field_validator("aliases", mode="after")
-    @classmethod
-    def _retrievable_aliases(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(retrievable_id(alias) for alias in aliases)
-
-    @classmethod
-    def from_source(cls, source: str, name: str | None) -> ModelConfig:
-        """A model given by its source alone (`--model`): served as `name`, else a repo id as itself and a
-        local folder as its folder name, with the source as given for an alias."""
-        if name is not None or is_repo_id(source):
-            return cls(name=name or source, source=source)
-        folder = folder_name(source)
-        return cls(name=folder, source=source, aliases=(source,) if source != folder else ())
-
-    def check_source(self) -> None:
-        """Refuse a source that can only be a local folder (it is no repo id) when there is no folder."""
-        if is_repo_id(self.source):
-            return
-        path = Path(self.source).expanduser()
-        if path.exists() and not path.is_dir():
-            raise SettingsError(f"model {self.name}: {self.source} is a file, not a model folder")
-        if not path.exists():
-            raise SettingsError(
-                f"model {self.name}: no folder {self.source} (a Hugging Face repo id is owner/name; any "
-                "other source must be a local model folder)"
-            )
-
-
-class ModelRule(BaseModel):
-    """One `[[model_rules]]` table: requested names matching `pattern` (fnmatch, any case) go to `model`."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    pattern: str = Field(min_length=1)
-    model: str = Field(min_length=1)
 
 
 class Settings(BaseModel):
@@ -149,6 +79,7 @@ class Settings(BaseModel):
     strip_billing_header: bool = True
     constrained_decoding: bool = True  # hold calls and JSON answers to their grammars
     speculative: Speculative = "prompt-lookup"  # how models propose tokens to verify; per model in [[models]]
+    draft_model: str | None = Field(None, min_length=1)  # the draft of models that set none of their own
     num_draft_tokens: int = Field(8, ge=1, le=MAX_DRAFT_TOKENS)  # the longest proposal
     models: tuple[ModelConfig, ...] = ()
     model_rules: tuple[ModelRule, ...] = ()
@@ -194,7 +125,12 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _models_are_consistent(self) -> Settings:
         served = self.served_models()
-        known = _names_and_aliases(served)
+        known = names_and_aliases(served)
+        for model in served or [None]:
+            speculation = self.speculation_of(model)
+            if speculation.mode == "draft" and speculation.draft_model is None:
+                name = model.name if model else self.served_name
+                raise ValueError(f'model {name}: speculative = "draft" needs draft_model (its source)')
         if self.small_model is not None and self.small_model not in known:
             raise ValueError(f"small_model {self.small_model!r} is not a configured model name or alias")
         if self.keep_small_model_loaded and self.small_model is None:
@@ -216,7 +152,7 @@ class Settings(BaseModel):
             chosen = next((m for m in models if self.model == m.name or self.model in m.aliases), None)
             if chosen is None:
                 chosen = ModelConfig.from_source(self.model, self.model_name)
-                if chosen.name in _names_and_aliases(models):
+                if chosen.name in names_and_aliases(models):
                     raise ValueError(
                         f"model: {self.model} would be served as {chosen.name!r}, which a [[models]] table "
                         "already names: set model_name"
@@ -231,7 +167,7 @@ class Settings(BaseModel):
             models.insert(0, chosen)
         if models and self.context_length is not None and models[0].context_length is None:
             models[0] = models[0].model_copy(update={"context_length": self.context_length})
-        _check_unique(models)
+        check_unique(models)
         return models
 
     @property
@@ -245,6 +181,14 @@ class Settings(BaseModel):
     def saved_cache_dir(self) -> Path:
         """Where prefixes are saved at shutdown for a warm restart."""
         return (self.prompt_cache_dir or data_dir() / "prompt-cache").expanduser()
+
+    def speculation_of(self, model: ModelConfig | None) -> Speculation:
+        """How `model` speculates: its own settings, else the top-level ones (None: the demo model's)."""
+        return Speculation(
+            (model and model.speculative) or self.speculative,
+            (model and model.draft_model) or self.draft_model,
+            (model and model.num_draft_tokens) or self.num_draft_tokens,
+        )
 
     def check_sources(self) -> None:
         """Refuse to serve a model whose local folder is missing (see `ModelConfig.check_source`)."""
@@ -336,39 +280,6 @@ def _entries(value: Any) -> Any:
 def _problem(loc: tuple[Any, ...], message: str) -> str:
     message = message.removeprefix("Value error, ")
     return f"{'.'.join(map(str, loc))}: {message}" if loc else message
-
-
-def _names_and_aliases(models: list[ModelConfig]) -> set[str]:
-    return {name for m in models for name in (m.name, *m.aliases)}
-
-
-def _check_unique(models: list[ModelConfig]) -> None:
-    seen: dict[str, str] = {}
-    for m in models:
-        for name in (m.name, *m.aliases):
-            if name in seen:
-                raise ValueError(f"models: {name!r} names both {seen[name]!r} and {m.name!r}")
-            seen[name] = m.name
-
-
-def is_repo_id(source: str) -> bool:
-    """A source that may be a Hugging Face repo id (`name` or `owner/name`, as the hub's rules allow); any
-    other source can only be a local folder. A repo id may also name a local folder, which wins."""
-    return bool(_REPO_ID.fullmatch(source)) and not (
-        "--" in source or ".." in source or source.endswith(".git")
-    )
-
-
-def folder_name(source: str) -> str:
-    """The name of the folder a local source names, `..` and `~` resolved (the source itself for `/`)."""
-    return Path(os.path.abspath(Path(source).expanduser())).name or source
-
-
-def retrievable_id(name: str) -> str:
-    """A model name or alias, refused when no `GET /v1/models/{id}` path could name it."""
-    if not _RETRIEVABLE_ID.match(name):
-        raise ValueError(f"{name!r} cannot be a model id: no /v1/models/{{id}} path can name it")
-    return name
 
 
 def host_name(host: str) -> str:

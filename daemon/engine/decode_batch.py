@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -21,6 +23,19 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache
 
 from daemon.engine.speculation import Speculation, verify
+from daemon.engine.step_cost import StepCost
+
+
+@dataclass
+class _Scored:
+    """One row's verification, before its verdict is read."""
+
+    proposal: list[int]  # as verified: the constraints may have cut it
+    offered: int  # as proposed
+    logprobs: mx.array  # one row per verified position
+    accepted: mx.array | None  # per proposed token; None: nothing proposed
+    candidates: mx.array  # the next token where each was refused, then after all
+    snapshots: list  # of the processors, before each position
 
 
 class DecodeBatch(GenerationBatch):
@@ -28,6 +43,9 @@ class DecodeBatch(GenerationBatch):
         self.speculations: dict[int, Speculation] = {}  # by uid; shared with the `Generator`
         self._alone = False  # the one sequence steps on per-sequence caches
         self._carry: list[list[int]] = []  # per row: output tokens dropped from the cache, to feed again
+        self.cost = StepCost()
+        self.prefilling = False  # set by the `Generator`: this step also processes prompts
+        self._timing: tuple[float, int, bool] | None = None  # the last step's start, tokens fed, prefilling
         super().__init__(*args, **kwargs)
         self._carry = [[] for _ in self.uids]
 
@@ -72,34 +90,65 @@ class DecodeBatch(GenerationBatch):
     # -- stepping ---------------------------------------------------------------------------------------
 
     def next(self) -> list[GenerationBatch.Response]:
+        self._time_last_step()
         if not self.uids:
+            self._timing = None
             return []
         self._go_alone()
-        speculating = any(self._carry) or self._may_speculate()
-        responses = self._speculative_next() if speculating else super().next()
+        limits = self._plan()
+        responses = self._speculative_next(limits) if any(limits) or any(self._carry) else super().next()
         for response in responses:
             if (speculation := self.speculations.get(response.uid)) is not None:
                 speculation.took([response.token])
         return responses
 
-    def _may_speculate(self) -> bool:
-        if not self._plain_attention():
-            return False
-        speculations = [s for uid in self.uids if (s := self.speculations.get(uid)) is not None]
-        return any([speculation.ready() for speculation in speculations])  # each counts its pause down
+    def _time_last_step(self) -> None:
+        """A step costs the time from its start to the next one's: the model's pass, what the engine did with
+        its output meanwhile and, for a pipelined step, less what overlapped. Steps that also processed
+        prompts say nothing of decoding's cost."""
+        now = time.perf_counter()
+        if self._timing is not None and not self._timing[2]:
+            self.cost.observe(self._timing[1], now - self._timing[0])
+        self._timing = (now, len(self.uids), self.prefilling)
 
-    def _proposal(self, row: int, last: int) -> list[int]:
+    def _speculator(self, row: int) -> Speculation | None:
+        """The row's speculation, where its logits processors can take proposals back."""
         speculation = self.speculations.get(self.uids[row])
         processors = self.logits_processors[row] or ()
         if speculation is None or not all(hasattr(p, "snapshot") for p in processors):
-            return []
-        room = self.max_tokens[row] - self._num_tokens[row] - 1  # never propose past max_tokens
-        return speculation.propose(last)[: max(room, 0)]
+            return None
+        return speculation
 
-    def _speculative_next(self) -> list[GenerationBatch.Response]:
-        """One step that feeds each row its carry, its next token and its proposal, and verifies them."""
+    def _plan(self) -> list[int]:
+        """Each row's longest proposal this step: of the rows whose proposers are ready, as long as their
+        proposals are now, cut to the width whose expected output per second (from each row's acceptance and
+        the measured cost of wide steps) is best. Decided before the rows' newest tokens are known, so that
+        a step that verifies nothing need not wait for them: it stays mlx-lm's pipelined step."""
+        if not self._plain_attention():
+            return [0] * len(self.uids)
+        lengths, gains = [], []
+        for row in range(len(self.uids)):
+            speculation = self._speculator(row)
+            room = self.max_tokens[row] - self._num_tokens[row] - 1  # never propose past max_tokens
+            lengths.append(speculation.wanted(room) if speculation else 0)
+            expected = [speculation.expected(m) if speculation else 1.0 for m in range(lengths[-1] + 1)]
+            gains.append([1.0] * len(self._carry[row]) + expected)
+        least = 1 + max(map(len, self._carry))
+        width = self.cost.best_width(len(self.uids), gains, least) if any(lengths) else least
+        rows = zip(lengths, self._carry, strict=True)
+        return [max(0, min(length, width - 1 - len(carry))) for length, carry in rows]
+
+    def _speculative_next(self, limits: list[int]) -> list[GenerationBatch.Response]:
+        """One step that feeds each row its carry, its next token and its proposal (at most `limits[row]`
+        tokens), and verifies them."""
         last = self._next_tokens.tolist()
-        proposals = [self._proposal(row, token) for row, token in enumerate(last)]
+        proposals, drawn = [], []
+        for row, (token, limit) in enumerate(zip(last, limits, strict=True)):
+            speculation = self._speculator(row)
+            available = speculation.available(token, limit) if speculation and limit else 0
+            proposal, q = speculation.propose(token, available) if speculation and available else ([], None)
+            proposals.append(proposal)
+            drawn.append(q)
         if not any(proposals) and not any(self._carry):
             return super().next()
         rows = zip(self._carry, last, proposals, strict=True)
@@ -108,19 +157,27 @@ class DecodeBatch(GenerationBatch):
         inputs = mx.array([row + row[-1:] * (width - len(row)) for row in fed])  # the filler is never read
         logits = self.model(inputs, cache=self.prompt_cache)
 
-        outcomes = [self._verify_row(row, logits[row], fed[row], proposals[row]) for row in range(len(fed))]
-        mx.eval([outcome[1:] for outcome in outcomes])
+        scored = [
+            self._score_row(row, logits[row], fed[row], proposal, q)
+            for row, (proposal, q) in enumerate(zip(proposals, drawn, strict=True))
+        ]
+        mx.eval([(s.accepted, s.candidates) for s in scored])  # one wait for every row's verdict
+        outcomes = [self._settle_row(row, s) for row, s in enumerate(scored)]
+        mx.eval([outcome[1:3] for outcome in outcomes])
 
         # Each row keeps in the cache what it fed up to its last accepted token; the cache is cut as one.
         valid = [len(self._carry[row]) + 1 + int(outcome[0]) for row, outcome in enumerate(outcomes)]
         kept = min(valid)
         for layer in self.prompt_cache:
             layer.trim(width - kept)
+        if self._timing is not None:
+            self._timing = (self._timing[0], len(fed) * width, self._timing[2])
         return self._respond(fed, valid, kept, outcomes)
 
-    def _verify_row(self, row: int, logits: mx.array, fed: list[int], proposal: list[int]):
-        """(tokens accepted, next token, its log-probabilities, each fed token's log-probabilities)."""
-        start = len(self._carry[row])
+    def _score_row(self, row: int, logits: mx.array, fed: list[int], proposal: list[int], drawn) -> _Scored:
+        """The row's log-probabilities at its proposal's positions, through its logits processors (which
+        see each proposed token in turn), and the lazy verdict on its proposal."""
+        start, offered = len(self._carry[row]), len(proposal)
         rows = logits[start : start + len(proposal) + 1]
         processors = self.logits_processors[row] or ()
         snapshots = []
@@ -146,17 +203,25 @@ class DecodeBatch(GenerationBatch):
         logprobs = rows - mx.logsumexp(rows, axis=-1, keepdims=True)
         if not proposal:
             sampler = self.samplers[row] if self.samplers else self.fallback_sampler
-            return 0, sampler(logprobs)[0], logprobs[0], logprobs
-        speculation = self.speculations[self.uids[row]]
-        accepted, candidates = verify(logprobs, proposal, speculation.sampling)
-        mx.eval(accepted, candidates)
-        flags = accepted.tolist()
-        taken = flags.index(False) if False in flags else len(proposal)
-        speculation.record(len(proposal), taken)
-        if snapshots and taken < len(proposal):
-            for processor, state in zip(processors, snapshots[taken + 1], strict=True):
+            return _Scored(proposal, offered, logprobs, None, sampler(logprobs), snapshots)
+        sampling = self.speculations[self.uids[row]].sampling
+        if drawn is not None:
+            drawn = drawn[: len(proposal)]  # the constraints may have cut the proposal
+        return _Scored(proposal, offered, logprobs, *verify(logprobs, proposal, sampling, drawn), snapshots)
+
+    def _settle_row(self, row: int, scored: _Scored) -> tuple[int, mx.array, mx.array, mx.array]:
+        """(tokens accepted, next token, its log-probabilities, each fed token's log-probabilities); the
+        processors are taken back to the accepted tokens."""
+        if scored.accepted is None:
+            return 0, scored.candidates[0], scored.logprobs[0], scored.logprobs
+        flags = scored.accepted.tolist()
+        taken = flags.index(False) if False in flags else len(scored.proposal)
+        self.speculations[self.uids[row]].record(scored.offered, taken)  # what constraints cut was refused
+        if scored.snapshots and taken < len(scored.proposal):
+            processors = self.logits_processors[row]
+            for processor, state in zip(processors, scored.snapshots[taken + 1], strict=True):
                 processor.restore(state)
-        return taken, candidates[taken], logprobs[taken], logprobs
+        return taken, scored.candidates[taken], scored.logprobs[taken], scored.logprobs
 
     def _respond(self, fed, valid, kept, outcomes) -> list[GenerationBatch.Response]:
         """Output each row's newly decided tokens (its next token and the proposals it accepted), up to
@@ -208,9 +273,16 @@ class DecodeBatch(GenerationBatch):
 class Generator(BatchGenerator):
     """mlx-lm's continuous batch over `DecodeBatch`."""
 
-    def __init__(self, model: Any, **kwargs: Any):
+    def __init__(self, model: Any, cost: StepCost | None = None, **kwargs: Any):
+        """`cost`: what decides how wide verification steps are (by default measured as the engine runs)."""
         super().__init__(model, **kwargs)
         self._generation_batch = DecodeBatch.empty(self.model, self.sampler)
+        if cost is not None:
+            self._generation_batch.cost = cost
+
+    def _next(self):
+        self._generation_batch.prefilling = bool(self._unprocessed_sequences) or len(self._prompt_batch) > 0
+        return super()._next()
 
     def speculate(self, uid: int, speculation: Speculation) -> None:
         """Let the sequence propose tokens from here on."""

@@ -12,15 +12,15 @@ MIN_NGRAM = 2  # a single repeated token is too weak a signal to spend a verific
 
 
 class PromptLookup:
-    """One sequence's token history and the search over it; fed every token the sequence takes."""
+    """One sequence's token history and the search over it; a `Proposer` (daemon/engine/speculation.py)."""
 
     def __init__(self, tokens: list[int]):
         self._tokens = np.zeros(max(1024, 2 * len(tokens)), dtype=np.int64)
         self._size = 0
+        self._proposal: list[int] = []
+        # The pairs of tokens that occur before the history's last one, so that `ready` is a set lookup.
+        self._pairs: set[int] = set()
         self.extend(tokens)
-
-    def __len__(self) -> int:
-        return self._size
 
     def extend(self, tokens: list[int]) -> None:
         end = self._size + len(tokens)
@@ -29,11 +29,13 @@ class PromptLookup:
             grown[: self._size] = self._tokens[: self._size]
             self._tokens = grown
         self._tokens[self._size : end] = tokens
+        first = max(self._size - 2, 0)  # the pair that ended the history until now ends before it now
         self._size = end
+        self._pairs.update(_pairs(self._tokens[first : end - 1]).tolist())
 
-    def propose(self, limit: int, last: int | None = None) -> list[int]:
-        """Up to `limit` tokens that followed the most recent earlier occurrence of the history's longest
-        matching suffix (`last` taken as one more token of it, not yet kept); none without a match."""
+    def continuation(self, limit: int, last: int | None = None) -> list[int]:
+        """Up to `limit` tokens that followed an earlier occurrence of the history's longest matching suffix
+        (`last` taken as one more token of it, not yet kept); none without a match."""
         size = self._size
         if last is not None:
             self.extend([last])  # written past the end and taken back below: no copy of the history
@@ -47,5 +49,35 @@ class PromptLookup:
             for back in range(1, n):
                 ends = ends[history[ends - back] == suffix[-1 - back]]
             if len(ends):
-                return history[ends[-1] + 1 : ends[-1] + 1 + limit].tolist()
+                # The latest occurrence that `limit` tokens follow, else the one the most follow: in a loop
+                # the latest is one period back, followed by little more than the suffix itself.
+                whole = ends[size - 1 - ends >= limit]
+                end = whole[-1] if len(whole) else ends[0]
+                return history[end + 1 : end + 1 + limit].tolist()
         return []
+
+    def ready(self) -> bool:
+        """The history's end matches something earlier (the newest token may yet continue the match)."""
+        return self._size > 1 and int(_pairs(self._tokens[self._size - 2 : self._size])[0]) in self._pairs
+
+    def available(self, last: int, limit: int) -> int:
+        self._proposal = self.continuation(limit, last)
+        return len(self._proposal)
+
+    def propose(self, last: int, limit: int) -> tuple[list[int], None]:
+        """The proposal `available` found (the same `last`, a `limit` no larger)."""
+        return self._proposal[:limit], None
+
+    def took(self, tokens: list[int]) -> None:
+        self.extend(tokens)
+
+    def settle(self, proposed: int, accepted: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def _pairs(tokens: np.ndarray) -> np.ndarray:
+    """Each pair of consecutive tokens as one number."""
+    return (tokens[:-1] << 32) | tokens[1:]

@@ -33,6 +33,7 @@ class LoadedModel(PreparedModel):
 
     model: Any
     fingerprint: str
+    draft: Any = None  # the `Draft` that proposes its tokens, for `speculative = "draft"`
 
 
 def prepare_model(

@@ -19,9 +19,10 @@ from typing import Any
 
 from daemon.chat.request import ChatRequest
 from daemon.config.units import format_bytes
+from daemon.engine.draft import Draft, VocabularyMismatch, load_draft, prepare_draft
 from daemon.engine.jobs import EngineLimits
 from daemon.engine.memory import NoRoom, Resident, plan_room
-from daemon.engine.model import PreparedModel, load_weights, prepare_model
+from daemon.engine.model import LoadedModel, PreparedModel, load_weights, prepare_model
 from daemon.engine.names import ModelNames, NameRule, tier_rules
 from daemon.engine.ondemand import OnDemandEngine
 from daemon.engine.prompt import Prompt, render
@@ -57,7 +58,8 @@ class ModelSpec:
     pinned: bool = False
     ttl: float | None = None  # None: the registry's default
     constrained: bool = True  # calls and JSON answers held to their grammars
-    speculative: str = "prompt-lookup"  # how it proposes tokens to verify: "prompt-lookup" or "off"
+    speculative: str = "prompt-lookup"  # how it proposes tokens to verify: "prompt-lookup", "draft" or "off"
+    draft_model: str | None = None  # for "draft": the draft model's source
     num_draft_tokens: int = 8  # the longest proposal
 
 
@@ -258,9 +260,9 @@ class ModelRegistry:
         its size is estimated from its files (unknown sizes pass: the load checks again)."""
         if served.engine.resident or self.memory_budget == 0:
             return
-        size = estimate_weight_bytes(served.spec.source)
-        if size is not None:
-            plan_room(served.name, size, self.memory_budget, self._residents(served))
+        sizes = [estimate_weight_bytes(source) for source in _sources(served.spec)]
+        if None not in sizes:
+            plan_room(served.name, sum(sizes), self.memory_budget, self._residents(served))  # type: ignore[arg-type]
 
     def unload(self, served: ServedModel) -> Future[int]:
         """Unload the model unless a request is in flight; the future gives the bytes freed (0: it stays)."""
@@ -295,9 +297,12 @@ class ModelRegistry:
             started = time.perf_counter()
             log.info("loading model %s from %s", spec.name, spec.source)
             path = resolve_path(spec.source)  # downloads the weights of a repo not in the cache yet
-            size = weight_bytes(path)
+            draft = self._prepare_draft(spec, prepared)
+            size = weight_bytes(path) + (weight_bytes(draft[1]) if draft else 0)
             self._make_room(served, size)
             loaded = load_weights(prepared, path)
+            if draft is not None:
+                loaded.draft = self._load_draft(loaded, *draft)
             engine = Engine(loaded, self._prompt_cache(loaded.fingerprint), self.options.limits)
         except NoRoom as error:
             log.warning("not loading model %s: %s", spec.name, error)
@@ -320,6 +325,21 @@ class ModelRegistry:
             prepared.context_length,
             time.perf_counter() - started,
         )
+
+    def _prepare_draft(self, spec: ModelSpec, prepared: PreparedModel) -> tuple[PreparedModel, Path] | None:
+        if spec.speculative != "draft" or spec.draft_model is None:
+            return None
+        try:
+            return prepare_draft(spec.name, spec.draft_model, prepared.tokenizer)
+        except VocabularyMismatch as error:
+            raise ModelLoadError(f"model {spec.name} cannot draft with it: {error}") from error
+        except Exception as error:  # as for the model's own files: reported, never fatal
+            message = f"model {spec.name}: its draft model cannot be loaded from {spec.draft_model}: {error}"
+            raise ModelLoadError(message) from error
+
+    def _load_draft(self, loaded: LoadedModel, draft: PreparedModel, path: Path) -> Draft:
+        options = self.options
+        return load_draft(draft, path, loaded.fingerprint, options.prompt_cache_bytes, options.limits)
 
     def _make_room(self, served: ServedModel, size: int) -> None:
         while victims := plan_room(served.name, size, self.memory_budget, self._residents(served)):
@@ -366,3 +386,9 @@ class ModelRegistry:
         if freed:
             log.info("unloaded model %s after %.0fs idle: freed %s", served.name, ttl, format_bytes(freed))
         return freed
+
+
+def _sources(spec: ModelSpec) -> list[str]:
+    """What loading the model reads: its weights, and its draft model's."""
+    draft = [spec.draft_model] if spec.speculative == "draft" and spec.draft_model else []
+    return [spec.source, *draft]

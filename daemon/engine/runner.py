@@ -22,13 +22,14 @@ from daemon.engine.constrained import GrammarConstraint
 from daemon.engine.constraints import logits_processors
 from daemon.engine.decode_batch import Generator
 from daemon.engine.decoder import OutputDecoder
+from daemon.engine.draft import DraftProposer
 from daemon.engine.guards import GuardedProcessor, guard_sampler, reset_random_state
 from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
 from daemon.engine.lookup import PromptLookup
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.reuse import ReuseMonitor
-from daemon.engine.speculation import Speculation
+from daemon.engine.speculation import Proposer, Speculation
 
 log = logging.getLogger(__name__)
 
@@ -211,12 +212,19 @@ class Engine:
             samplers=[guard_sampler(job.sampling.sampler(self._vocab_size), running.fault_in)],
             logits_processors=[[GuardedProcessor(p, running.fault_in) for p in processors]],
         )
-        if self.loaded.speculative == "prompt-lookup" and not running.prewarm:
-            lookup = PromptLookup(prompt.tokens)
-            running.speculation = Speculation(lookup, job.sampling, self.loaded.num_draft_tokens)
+        if not running.prewarm and (proposer := self._proposer(job)) is not None:
+            running.speculation = Speculation(proposer, job.sampling, self.loaded.num_draft_tokens)
             batch.speculate(uid, running.speculation)
         self._running[uid] = running
         job.emit(Started(self._usage(running)))
+
+    def _proposer(self, job: GenerationJob) -> Proposer | None:
+        """What the model's `speculative` setting makes the sequence's proposer."""
+        if self.loaded.speculative == "draft" and self.loaded.draft is not None:
+            return DraftProposer(self.loaded.draft, job.prompt.tokens, job.sampling)
+        if self.loaded.speculative == "prompt-lookup":
+            return PromptLookup(job.prompt.tokens)
+        return None
 
     def _step(self, batch) -> None:
         """One step of the whole batch; a fault of one request's own parts ends that request alone."""
@@ -285,6 +293,8 @@ class Engine:
             return
         del self._running[response.uid]
         self.cache.store(tokens, cache)
+        if running.speculation is not None:
+            running.speculation.proposer.finish()
         if running.prewarm:
             reason = "max_tokens"
         else:

@@ -1,52 +1,93 @@
-"""Speculative decoding's per-sequence half: what a sequence proposes, how many tokens it proposes as its
-acceptance goes, and the rule that accepts a proposal so that the output is what decoding without speculation
-would give (token for token when greedy; the same distribution when sampling)."""
+"""Speculative decoding's per-sequence half: what a sequence proposes (its `Proposer`: prompt lookup or a
+draft model), how many tokens it proposes as its acceptance goes, and the rule that accepts a proposal so that
+the output is what decoding without speculation would give (token for token when greedy; the same
+distribution when sampling)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import mlx.core as mx
 
-from daemon.engine.lookup import PromptLookup
 from daemon.engine.sampling import SamplingParams
 
 LONGEST_PAUSE = 32  # steps a sequence whose proposals keep failing waits, at most, before it proposes again
 
 
+class Proposer(Protocol):
+    """Proposes a sequence's next tokens; told every token the sequence outputs and how each proposal
+    fared."""
+
+    def ready(self) -> bool:
+        """Whether a proposal is worth asking for this step (before the sequence's newest token is known,
+        so that a step in which nothing is proposed need not wait for it)."""
+        ...
+
+    def available(self, last: int, limit: int) -> int:
+        """How many tokens, up to `limit`, a proposal to follow the output and `last` (its newest token,
+        not yet output) would have."""
+        ...
+
+    def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
+        """Up to `limit` tokens to follow the output and `last`, with the distribution each was drawn from
+        (one row per token), or None for tokens proposed with certainty."""
+        ...
+
+    def took(self, tokens: list[int]) -> None: ...
+
+    def settle(self, proposed: int, accepted: int) -> None: ...
+
+    def finish(self) -> None:
+        """The sequence ended as its client asked (what it computed may serve the next turn)."""
+        ...
+
+
 @dataclass
 class Speculation:
-    """One sequence's prompt lookup and its proposal length, which doubles while proposals are accepted
-    whole, shrinks to what was accepted, and pauses (for longer each time) after proposals fail outright,
-    so that text that copies nothing costs no verification."""
+    """One sequence's proposer and proposal length, which doubles while proposals are accepted whole,
+    shrinks to what was accepted, and pauses (for longer each time) after proposals fail outright, so that
+    text the proposer cannot predict costs no verification."""
 
-    lookup: PromptLookup
+    proposer: Proposer
     sampling: SamplingParams
     most: int  # the longest proposal
-    length: int = 4  # of the next proposal
+    length: int = 2  # of the next proposal
+    rate: float = 0.5  # of proposed tokens accepted, recently (at first a guess)
     proposed: int = 0
     accepted: int = 0
     _misses: int = 0
     _pause: int = 0
 
-    def ready(self) -> bool:
-        """Worth a look this step: not paused, and the history's end matches something earlier (checked
-        before the sequence's newest token is known, so that a step without proposals need not wait)."""
+    def wanted(self, room: int) -> int:
+        """The longest proposal it would verify this step, at most `room` (what `max_tokens` leaves): 0
+        while it pauses or its proposer is not ready."""
         if self._pause:
             self._pause -= 1
-            return False
-        return bool(self.lookup.propose(1))
+            return 0
+        return max(0, min(self.length, self.most, room)) if self.proposer.ready() else 0
 
-    def propose(self, last: int) -> list[int]:
-        return self.lookup.propose(min(self.length, self.most), last)
+    def available(self, last: int, limit: int) -> int:
+        """How long its proposal after `last` is, at most `limit`."""
+        return self.proposer.available(last, limit)
+
+    def expected(self, length: int) -> float:
+        """Tokens a step outputs when it verifies `length` of them: its own, and each proposed one accepted
+        if all before it were."""
+        return sum(self.rate**j for j in range(length + 1))
+
+    def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
+        return self.proposer.propose(last, limit) if limit > 0 else ([], None)
 
     def took(self, tokens: list[int]) -> None:
         """The tokens the sequence output this step, in order."""
-        self.lookup.extend(tokens)
+        self.proposer.took(tokens)
 
     def record(self, proposed: int, accepted: int) -> None:
+        self.proposer.settle(proposed, accepted)
         self.proposed += proposed
         self.accepted += accepted
+        self.rate = 0.8 * self.rate + 0.2 * accepted / proposed
         if accepted == proposed:
             self.length = min(2 * self.length, self.most)
         else:
@@ -55,29 +96,41 @@ class Speculation:
             self._misses = 0
         else:
             self._misses += 1
-            self._pause = min(2**self._misses, LONGEST_PAUSE)
+            self._pause = min(2 ** (self._misses + 1), LONGEST_PAUSE)
 
 
-def verify(logprobs: mx.array, proposal: list[int], sampling: SamplingParams) -> tuple[mx.array, mx.array]:
+def verify(
+    logprobs: mx.array, proposal: list[int], sampling: SamplingParams, drawn: mx.array | None = None
+) -> tuple[mx.array, mx.array]:
     """Lazy (accepted flags, candidate next tokens) for one sequence: `logprobs` has one row per proposed
     token plus one, row j the distribution of the token after the j-th fed one. Candidate j is the token
     taken when proposal j is the first refused; the last is the token after a proposal accepted whole.
 
-    Greedy: a proposal is accepted where it is the argmax. Sampling: a proposed token x, proposed with
-    certainty (prompt lookup), is accepted with probability p(x); when refused, the token is drawn from p
-    without x, renormalised: the standard speculative-sampling rule, which leaves each token's distribution
-    p as sampling without speculation has it."""
+    Greedy: a proposal is accepted where it is the argmax. Sampling, the standard speculative-sampling rule,
+    which leaves each token's distribution p as sampling without speculation has it: a token x drawn from q
+    (`drawn`, one row per token; None: proposed with certainty, as prompt lookup does) is accepted with
+    probability min(1, p(x) / q(x)); when refused, the token is drawn from max(0, p - q), renormalised."""
     proposed = mx.array(proposal)
     if sampling.greedy:
         choices = mx.argmax(logprobs, axis=-1)
         return choices[:-1] == proposed, choices
     scores = sampling.filtered(logprobs) * (1 / sampling.temperature)
-    probabilities = mx.softmax(scores, axis=-1)
+    p = mx.softmax(scores[:-1], axis=-1)
     rows = mx.arange(len(proposal))
-    taken = probabilities[rows, proposed]
-    accepted = mx.random.uniform(shape=(len(proposal),)) < taken
-    refused = scores[:-1]
-    refused[rows, proposed] = -mx.inf
+    if drawn is None:
+        q = mx.zeros_like(p)
+        q[rows, proposed] = 1.0
+    else:
+        q = _widen(drawn, p.shape[-1])
+    accepted = mx.random.uniform(shape=(len(proposal),)) < p[rows, proposed] / q[rows, proposed]
     # A row whose whole mass sat on the proposal is never refused; its (all -inf) draw is never read.
+    refused = mx.log(mx.maximum(p - q, 0.0))
     candidates = mx.random.categorical(mx.concatenate([refused, scores[-1:]]), axis=-1)
     return accepted, candidates
+
+
+def _widen(q: mx.array, width: int) -> mx.array:
+    """A draft's distributions over the target's logits (a model may pad its vocabulary)."""
+    if q.shape[-1] >= width:
+        return q[..., :width]
+    return mx.concatenate([q, mx.zeros((q.shape[0], width - q.shape[-1]), dtype=q.dtype)], axis=-1)

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from daemon.config.settings import Settings, data_dir, is_repo_id
+from daemon.config.model_tables import is_repo_id
+from daemon.config.settings import Settings, data_dir
 from daemon.engine.demo_model import ensure_demo_model
 from daemon.store.files import WEIGHT_FILES, context_length_of, download_patterns, local_path, weight_bytes
 
