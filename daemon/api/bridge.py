@@ -130,7 +130,8 @@ class RequestLog:
 
 
 def _speculation_figures(event: Finished) -> str:
-    """` spec=accepted:40/52` when tokens were proposed: accepted of proposed."""
+    """` spec=accepted:40/52(77%)` when tokens were proposed: accepted of proposed, and the rate."""
     if not event.proposed_tokens:
         return ""
-    return f" spec=accepted:{event.accepted_tokens}/{event.proposed_tokens}"
+    rate = event.accepted_tokens / event.proposed_tokens
+    return f" spec=accepted:{event.accepted_tokens}/{event.proposed_tokens}({rate:.0%})"

@@ -4,10 +4,11 @@
   `stream_generate` steps it, and goes back into batch caches the moment another sequence joins; neither
   move loses or recomputes any state.
 - Speculative decoding inside the batch: each sequence carries its own proposals, one forward pass verifies
-  them all, and each sequence accepts its own prefix. The batch's KV cache is trimmed as one, by the most any
-  sequence must drop; a sequence that accepted more keeps the tokens it lost from the cache as a carry,
-  fed again (never output again) at its next step. Steps in which nothing is proposed are mlx-lm's own
-  pipelined step, so text that copies nothing decodes as it would without speculation.
+  them all, and each sequence accepts its own prefix. The batch's KV cache is trimmed as one, to what the
+  sequence that accepted most keeps; in every other row the refused positions are rolled to the row's left
+  edge and become its left padding, which the attention mask hides (mlx-lm's batch cache pads rows the
+  same way when prompts of different lengths join). Steps in which nothing is verified are mlx-lm's own
+  pipelined step.
 
 `Generator` is mlx-lm's `BatchGenerator` with this batch in place of its own.
 """
@@ -20,10 +21,22 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch, _merge_caches
-from mlx_lm.models.cache import BatchKVCache, KVCache
+from mlx_lm.models.cache import BatchKVCache, KVCache, dynamic_roll
 
 from daemon.engine.speculation import Speculation, verify
 from daemon.engine.step_cost import StepCost
+
+
+@dataclass
+class _Timing:
+    """A step, as `StepCost` is told of it once the next begins."""
+
+    start: float
+    tokens: int  # fed to the model: the rows
+    prefilling: bool  # it also processed prompts: it says nothing of decoding's cost
+    synchronous: bool  # it verified proposals, or followed a step that did: its period is no pipelined one
+    returned: float = 0.0  # when it handed its output to the engine
+    output: int = 0  # tokens it output
 
 
 @dataclass
@@ -42,21 +55,22 @@ class DecodeBatch(GenerationBatch):
     def __init__(self, *args: Any, **kwargs: Any):
         self.speculations: dict[int, Speculation] = {}  # by uid; shared with the `Generator`
         self._alone = False  # the one sequence steps on per-sequence caches
-        self._carry: list[list[int]] = []  # per row: output tokens dropped from the cache, to feed again
         self.cost = StepCost()
         self.prefilling = False  # set by the `Generator`: this step also processes prompts
-        self._timing: tuple[float, int, bool] | None = None  # the last step's start, tokens fed, prefilling
+        self._timing: _Timing | None = None  # of the step under way
+        self._verified = False  # the last step verified proposals: the next has nothing in flight
+        self._rows_changed = False  # sequences joined or left since the last step began
         super().__init__(*args, **kwargs)
-        self._carry = [[] for _ in self.uids]
 
     # -- the batch's rows -------------------------------------------------------------------------------
 
     def extend(self, batch: GenerationBatch) -> None:
+        self._rows_changed = True
         self._rejoin()
         super().extend(batch)
-        self._carry.extend([] for _ in batch.uids)
 
     def filter(self, keep: list[int]) -> None:
+        self._rows_changed = True
         gone = set(range(len(self.uids))) - set(keep)
         for row in gone:
             self.speculations.pop(self.uids[row], None)
@@ -64,7 +78,6 @@ class DecodeBatch(GenerationBatch):
             self._rejoin()
         self._alone = False
         super().filter(keep)
-        self._carry = [self._carry[row] for row in keep]
 
     def extract_cache(self, idx: int) -> list[Any]:
         if self._alone:
@@ -96,7 +109,9 @@ class DecodeBatch(GenerationBatch):
             return []
         self._go_alone()
         limits = self._plan()
-        responses = self._speculative_next(limits) if any(limits) or any(self._carry) else super().next()
+        responses = self._speculative_next(limits) if any(limits) else super().next()
+        if self._timing is not None:
+            self._timing.returned, self._timing.output = time.perf_counter(), len(responses)
         for response in responses:
             if (speculation := self.speculations.get(response.uid)) is not None:
                 speculation.took([response.token])
@@ -106,10 +121,15 @@ class DecodeBatch(GenerationBatch):
         """A step costs the time from its start to the next one's: the model's pass, what the engine did with
         its output meanwhile and, for a pipelined step, less what overlapped. Steps that also processed
         prompts say nothing of decoding's cost."""
-        now = time.perf_counter()
-        if self._timing is not None and not self._timing[2]:
-            self.cost.observe(self._timing[1], now - self._timing[0])
-        self._timing = (now, len(self.uids), self.prefilling)
+        now, last = time.perf_counter(), self._timing
+        # A step after which sequences joined or left also paid for their admission or their end.
+        if last is not None and not last.prefilling and not self._rows_changed:
+            if not last.synchronous:
+                self.cost.observe(last.tokens, now - last.start, pipelined=True)
+            if last.output:
+                self.cost.observe_host((now - last.returned) / last.output)
+        self._timing = _Timing(now, len(self.uids), self.prefilling, synchronous=self._verified)
+        self._verified = self._rows_changed = False
 
     def _speculator(self, row: int) -> Speculation | None:
         """The row's speculation, where its logits processors can take proposals back."""
@@ -131,17 +151,19 @@ class DecodeBatch(GenerationBatch):
             speculation = self._speculator(row)
             room = self.max_tokens[row] - self._num_tokens[row] - 1  # never propose past max_tokens
             lengths.append(speculation.wanted(room) if speculation else 0)
-            expected = [speculation.expected(m) if speculation else 1.0 for m in range(lengths[-1] + 1)]
-            gains.append([1.0] * len(self._carry[row]) + expected)
-        least = 1 + max(map(len, self._carry))
-        width = self.cost.best_width(len(self.uids), gains, least) if any(lengths) else least
-        rows = zip(lengths, self._carry, strict=True)
-        return [max(0, min(length, width - 1 - len(carry))) for length, carry in rows]
+            gains.append([speculation.expected(m) for m in range(lengths[-1] + 1)] if speculation else [1.0])
+        width = self.cost.best_width(len(self.uids), gains) if any(lengths) else 1
+        limits = [min(length, width - 1) for length in lengths]
+        for row, limit in enumerate(limits):
+            if not limit and (speculation := self._speculator(row)) is not None:
+                speculation.shadow()
+        return limits
 
     def _speculative_next(self, limits: list[int]) -> list[GenerationBatch.Response]:
-        """One step that feeds each row its carry, its next token and its proposal (at most `limits[row]`
-        tokens), and verifies them."""
+        """One step that feeds each row its next token and its proposal (at most `limits[row]` tokens), and
+        verifies them."""
         last = self._next_tokens.tolist()
+        started = time.perf_counter()  # what the step costs: the proposals (a draft's passes) and the check
         proposals, drawn = [], []
         for row, (token, limit) in enumerate(zip(last, limits, strict=True)):
             speculation = self._speculator(row)
@@ -149,10 +171,9 @@ class DecodeBatch(GenerationBatch):
             proposal, q = speculation.propose(token, available) if speculation and available else ([], None)
             proposals.append(proposal)
             drawn.append(q)
-        if not any(proposals) and not any(self._carry):
+        if not any(proposals):
             return super().next()
-        rows = zip(self._carry, last, proposals, strict=True)
-        fed = [[*carry, token, *proposal] for carry, token, proposal in rows]
+        fed = [[token, *proposal] for token, proposal in zip(last, proposals, strict=True)]
         width = max(map(len, fed))
         inputs = mx.array([row + row[-1:] * (width - len(row)) for row in fed])  # the filler is never read
         logits = self.model(inputs, cache=self.prompt_cache)
@@ -163,35 +184,49 @@ class DecodeBatch(GenerationBatch):
         ]
         mx.eval([(s.accepted, s.candidates) for s in scored])  # one wait for every row's verdict
         outcomes = [self._settle_row(row, s) for row, s in enumerate(scored)]
-        mx.eval([outcome[1:3] for outcome in outcomes])
-
-        # Each row keeps in the cache what it fed up to its last accepted token; the cache is cut as one.
-        valid = [len(self._carry[row]) + 1 + int(outcome[0]) for row, outcome in enumerate(outcomes)]
-        kept = min(valid)
+        # Each row keeps what it fed up to its last accepted token.
+        valid = [1 + outcome[0] for outcome in outcomes]
+        kept = max(valid)
         for layer in self.prompt_cache:
             layer.trim(width - kept)
+        self._realign([kept - rows for rows in valid])
+        mx.eval([outcome[1:3] for outcome in outcomes], [layer.state for layer in self.prompt_cache])
+        self.cost.observe(len(fed) * width, time.perf_counter() - started, pipelined=False)
         if self._timing is not None:
-            self._timing = (self._timing[0], len(fed) * width, self._timing[2])
-        return self._respond(fed, valid, kept, outcomes)
+            self._timing.synchronous = True
+        self._verified = True
+        return self._respond(fed, valid, outcomes)
+
+    def _realign(self, refused: list[int]) -> None:
+        """Roll each row's `refused` last positions to its left edge, where they become left padding."""
+        if not any(refused):
+            return
+        shifts = mx.array(refused)
+        for layer in self.prompt_cache:  # BatchKVCache: a lone row refuses nothing the trim left
+            end = layer._idx
+            layer.keys = dynamic_roll(layer.keys[..., :end, :], shifts[:, None], axis=2)
+            layer.values = dynamic_roll(layer.values[..., :end, :], shifts[:, None], axis=2)
+            layer.left_padding = layer.left_padding + shifts
+            layer.offset = layer.offset - shifts
 
     def _score_row(self, row: int, logits: mx.array, fed: list[int], proposal: list[int], drawn) -> _Scored:
         """The row's log-probabilities at its proposal's positions, through its logits processors (which
         see each proposed token in turn), and the lazy verdict on its proposal."""
-        start, offered = len(self._carry[row]), len(proposal)
-        rows = logits[start : start + len(proposal) + 1]
+        offered = len(proposal)
+        rows = logits[: len(proposal) + 1]
         processors = self.logits_processors[row] or ()
         snapshots = []
         if processors:
             processed = []
             for j in range(len(proposal) + 1):
-                if j and processed[-1][0, fed[start + j]].item() == -float("inf"):
+                if j and processed[-1][0, fed[j]].item() == -float("inf"):
                     # The constraints refuse this proposal: no processor may take it (a grammar would break).
                     proposal = proposal[: j - 1]
                     break
                 snapshots.append([p.snapshot() for p in processors])
                 scores = rows[j : j + 1]
                 for processor in processors:
-                    scores = processor(mx.array(fed[start + j : start + j + 1]), scores)
+                    scores = processor(mx.array(fed[j : j + 1]), scores)
                 if j and any(getattr(p, "complete", False) for p in processors):
                     # The output ends at this token: it may only be a step's last, where the runner looks.
                     for processor, state in zip(processors, snapshots[j], strict=True):
@@ -223,17 +258,15 @@ class DecodeBatch(GenerationBatch):
                 processor.restore(state)
         return taken, scored.candidates[taken], scored.logprobs[taken], scored.logprobs
 
-    def _respond(self, fed, valid, kept, outcomes) -> list[GenerationBatch.Response]:
+    def _respond(self, fed, valid, outcomes) -> list[GenerationBatch.Response]:
         """Output each row's newly decided tokens (its next token and the proposals it accepted), up to
         a stop or `max_tokens`, and set up the next step."""
         responses, keep = [], []
         next_tokens, next_logprobs = [], []
         for row, (taken, token, logprobs, fed_logprobs) in enumerate(outcomes):
-            carry = len(self._carry[row])
             before = list(self.tokens[row])
-            self.tokens[row] += fed[row][:kept]
-            self._carry[row] = fed[row][kept : valid[row]]
-            output = fed[row][carry : carry + 1 + taken]
+            self.tokens[row] += fed[row][: valid[row]]
+            output = fed[row][: 1 + taken]
             scores = [self._next_logprobs[row], *(fed_logprobs[j] for j in range(taken))]
             if self.logits_processors[row]:
                 self._token_context[row].update_and_fetch(mx.array(output))
@@ -244,8 +277,8 @@ class DecodeBatch(GenerationBatch):
                 if self._matchers[row].advance(out):
                     reason = "stop"
                 if reason is not None:
-                    through = fed[row][: carry + n + 1]
-                    finished = self._finished_row(row, before, through, kept, out, score, reason)
+                    through = fed[row][: n + 1]
+                    finished = self._finished_row(row, before, through, valid[row], out, score, reason)
                     responses.append(finished)
                     break
                 responses.append(self.Response(self.uids[row], out, score, None, None, None))
@@ -262,12 +295,10 @@ class DecodeBatch(GenerationBatch):
     def _finished_row(self, row, before, through, kept, token, logprobs, reason) -> GenerationBatch.Response:
         """A row that ends inside its accepted run: its cache and tokens end at its last output token."""
         cache = self.extract_cache(row)
-        extra = kept - min(len(through), kept)
-        if extra:
+        if extra := kept - len(through):
             for layer in cache:
                 layer.trim(extra)
-        tokens = before + through[: min(len(through), kept)]
-        return self.Response(self.uids[row], token, logprobs, reason, cache, tokens)
+        return self.Response(self.uids[row], token, logprobs, reason, cache, before + through)
 
 
 class Generator(BatchGenerator):

@@ -66,6 +66,8 @@ class Draft:
 class DraftProposer:
     """One sequence's draft: the tokens of its history, and the draft's KV state of the first `_cached`."""
 
+    guesses = False
+
     def __init__(self, draft: Draft, prompt: list[int], sampling: SamplingParams):
         self._draft = draft
         self._sampling = sampling
@@ -81,16 +83,20 @@ class DraftProposer:
         return self._cached
 
     def ready(self) -> bool:
-        """Caught up with the history, but for its last token (a chunk more of the prompt each call)."""
-        behind = len(self._history) - 1 - self._cached
-        if behind > 0:
-            chunk = self._history[self._cached : self._cached + min(behind, self._draft.prefill_step_size)]
-            self._feed(chunk)
+        """Within a prefill chunk of the history: the proposal's one pass feeds the rest. Further behind (a
+        long prompt), it catches up a chunk per call, so that the other streams go on meanwhile."""
+        behind = len(self._history) - self._cached
+        if behind > self._draft.prefill_step_size:
+            self._feed(self._history[self._cached : self._cached + self._draft.prefill_step_size])
             mx.eval([layer.state for layer in self._kv])
-        return len(self._history) - self._cached <= 1
+            return False
+        return True
 
     def available(self, last: int, limit: int) -> int:
         return limit
+
+    def guess(self, limit: int) -> list[int]:
+        return []
 
     def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
         logits = self._feed([*self._history[self._cached :], last])

@@ -14,6 +14,8 @@ MIN_NGRAM = 2  # a single repeated token is too weak a signal to spend a verific
 class PromptLookup:
     """One sequence's token history and the search over it; a `Proposer` (daemon/engine/speculation.py)."""
 
+    guesses = True
+
     def __init__(self, tokens: list[int]):
         self._tokens = np.zeros(max(1024, 2 * len(tokens)), dtype=np.int64)
         self._size = 0
@@ -63,6 +65,9 @@ class PromptLookup:
     def available(self, last: int, limit: int) -> int:
         self._proposal = self.continuation(limit, last)
         return len(self._proposal)
+
+    def guess(self, limit: int) -> list[int]:
+        return self.continuation(limit)
 
     def propose(self, last: int, limit: int) -> tuple[list[int], None]:
         """The proposal `available` found (the same `last`, a `limit` no larger)."""

@@ -5,7 +5,7 @@ distribution when sampling)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import mlx.core as mx
@@ -27,6 +27,13 @@ class Proposer(Protocol):
     def available(self, last: int, limit: int) -> int:
         """How many tokens, up to `limit`, a proposal to follow the output and `last` (its newest token,
         not yet output) would have."""
+        ...
+
+    guesses: bool  # whether `guess` can: a proposal that costs nothing to make can be tried without a pass
+
+    def guess(self, limit: int) -> list[int]:
+        """Up to `limit` tokens to follow the output, the first of them the one not yet known, where that
+        costs next to nothing ([] where it would not: a draft would have to run)."""
         ...
 
     def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
@@ -56,16 +63,33 @@ class Speculation:
     rate: float = 0.5  # of proposed tokens accepted, recently (at first a guess)
     proposed: int = 0
     accepted: int = 0
+    offer: int = 0  # the proposal length it could offer this step (`wanted`), paused or not
     _misses: int = 0
     _pause: int = 0
+    _shadow: list[int] = field(default_factory=list)  # a guess at its next outputs, checked as they come
+    _seen: int = 0  # of the guess, the outputs that matched it
+    trusted: bool | None = None  # its proposals are worth verifying; None: not until a guess comes true
+
+    def __post_init__(self) -> None:
+        if self.trusted is None:
+            self.trusted = not self.proposer.guesses  # a draft cannot be tried without its passes
 
     def wanted(self, room: int) -> int:
         """The longest proposal it would verify this step, at most `room` (what `max_tokens` leaves): 0
         while it pauses or its proposer is not ready."""
+        self.offer = max(0, min(self.length, self.most, room)) if self.proposer.ready() else 0
         if self._pause:
             self._pause -= 1
             return 0
-        return max(0, min(self.length, self.most, room)) if self.proposer.ready() else 0
+        return self.offer if self.trusted else 0
+
+    def shadow(self) -> None:
+        """This step verifies nothing for it: guess its next outputs instead, and learn from how they
+        compare what verifying would have accepted (free for greedy decoding, a fair estimate when
+        sampling), so that a sequence that copies is found out without paying for a verification."""
+        if not self._shadow and self.offer:
+            guess = self.proposer.guess(self.offer + 1)
+            self._shadow, self._seen = (guess, 0) if len(guess) > 1 else ([], 0)  # a guess that proposes
 
     def available(self, last: int, limit: int) -> int:
         """How long its proposal after `last` is, at most `limit`."""
@@ -82,12 +106,25 @@ class Speculation:
     def took(self, tokens: list[int]) -> None:
         """The tokens the sequence output this step, in order."""
         self.proposer.took(tokens)
+        for token in tokens:
+            if not self._shadow:
+                return
+            if self._seen < len(self._shadow) and token == self._shadow[self._seen]:
+                self._seen += 1
+                if self._seen < len(self._shadow):
+                    continue
+            # The guess's first token is the one in flight when it was made: the rest is its proposal.
+            if self._seen:
+                self._learn((self._seen - 1) / (len(self._shadow) - 1))
+                self.trusted = self.trusted or self._seen > 1
+            self._shadow = []
 
     def record(self, proposed: int, accepted: int) -> None:
         self.proposer.settle(proposed, accepted)
         self.proposed += proposed
         self.accepted += accepted
-        self.rate = 0.8 * self.rate + 0.2 * accepted / proposed
+        self._shadow = []
+        self._learn(accepted / proposed)
         if accepted == proposed:
             self.length = min(2 * self.length, self.most)
         else:
@@ -97,6 +134,9 @@ class Speculation:
         else:
             self._misses += 1
             self._pause = min(2 ** (self._misses + 1), LONGEST_PAUSE)
+
+    def _learn(self, accepted_share: float) -> None:
+        self.rate = 0.8 * self.rate + 0.2 * accepted_share
 
 
 def verify(
