@@ -125,11 +125,20 @@ def _error_problems(case: Case, outcome: Outcome) -> list[str]:
     if not isinstance(message, str) or not message:
         found.append("empty error message")
     refused = outcome.status == 400 and case.expect == TOO_LONG_OR_OK
-    if refused and not (
-        str(message).startswith("prompt is too long") or "cannot be enforced" in str(message)
-    ):
+    if refused and not _may_refuse(case, str(message)):
         found.append(f"a valid request was refused: {message}")
     return found
+
+
+def _may_refuse(case: Case, message: str) -> bool:
+    """A valid request's refusals: too long, a schema the grammar cannot hold, and a JSON answer asked to
+    continue an assistant turn that no JSON can begin with."""
+    if message.startswith("prompt is too long") or "cannot be enforced" in message:
+        return True
+    request = json.loads(case.body)
+    continued = request["messages"][-1]["role"] == "assistant"
+    json_answer = request.get("response_format", {}).get("type") == "json_object"
+    return continued and json_answer and "does not fit the output schema" in message
 
 
 def _answer_problems(case: Case, outcome: Outcome) -> list[str]:
