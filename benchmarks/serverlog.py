@@ -15,7 +15,7 @@ from benchmarks.client import BenchError
 LINE = re.compile(
     r"\[(?P<id>req_\w+)\]: model=\S+ prompt=(?P<prompt>\d+) cached=(?P<cached>\d+) output=(?P<output>\d+) "
     r"ttft=\S+ tok/s=(?P<tps>[\d.]+) stop=(?P<stop>\S+)"
-    r"(?: spec=accepted:(?P<accepted>\d+)/(?P<proposed>\d+))?"
+    r"(?: spec=accepted:(?P<accepted>\d+)/(?P<proposed>\d+)\(\d+%\))?"
     r"(?: grammar=compile:(?P<compile>[\d.]+)ms,mask:(?P<mask>\d+)us/tok)?"
 )
 WAIT_S = 10  # for the last lines to reach the file

@@ -26,11 +26,11 @@ from daemon.config.settings import Settings, data_dir
 def parser(prog: str) -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(
         prog=prog,
-        description="Measure what speculative decoding with prompt lookup gains: an edit turn (the answer "
-        "copies a function from a file in the prompt) and free text, on an mlxd with MLXD_SPECULATIVE=off "
-        "and one with prompt-lookup, taking turns at 1 and 4 streams, on models trained to say those "
-        "answers; with the acceptance rate and the cost of one verification pass. Writes speculative.json "
-        "and speculative.md.",
+        description="Measure what speculative decoding gains: an edit turn (the answer copies a function "
+        "from a file in the prompt) and free text, on an mlxd with MLXD_SPECULATIVE=off, one with "
+        "prompt-lookup and one with a draft model, taking turns at 1 and 4 streams, on models trained to say "
+        "those answers; with the acceptance rate and the cost of one verification pass. Writes "
+        "speculative.json and speculative.md.",
     )
     cli.add_argument(
         "--smoke", action="store_true", help="the tiny model, one repeat: checks the benchmark runs"

@@ -83,6 +83,14 @@ class EngineEvents:
         self._taken += 1
         return event
 
+    def ready(self) -> list[GenerationEvent]:
+        """The events already delivered, without waiting (a step posts several at once)."""
+        events = []
+        while not self._queue.empty():
+            events.append(self._queue.get_nowait())
+        self._taken += len(events)
+        return events
+
 
 class RequestLog:
     """The one INFO line per request: id, model, token counts, first-token latency, speed, stop reason."""

@@ -86,7 +86,13 @@ class Generation:
 
     async def next(self) -> GenerationEvent:
         """The next event; a terminal one (`Finished`, `Failed`) is also logged."""
-        event = await self._events.get()
+        return self._logged(await self._events.get())
+
+    def ready(self) -> list[GenerationEvent]:
+        """The events that arrived already, without waiting, each logged as `next` logs it."""
+        return [self._logged(event) for event in self._events.ready()]
+
+    def _logged(self, event: GenerationEvent) -> GenerationEvent:
         if isinstance(event, Finished):
             self._record.finished(event)
         elif isinstance(event, Failed):
@@ -117,29 +123,32 @@ class Generation:
         as a response body does."""
         pending = [first] if first is not None else []
         while True:
-            if pending:
-                event = pending.pop()
-            else:
+            if not pending:
                 try:
                     # Per token: `asyncio.timeout` waits in this task, where `wait_for` makes a task per call.
                     async with asyncio.timeout(self.ping_interval):
-                        event = await self.next()
+                        pending = [await self.next()]
                 except TimeoutError:
                     yield encoder.ping
                     continue
-            try:
-                frames = encoder.sse(event)
-            except Exception:
-                log.exception(
-                    "could not encode a stream event", extra={"request_id": self._record.request_id}
-                )
-                failed = Failed("the response could not be encoded; see the server log")
-                self._record.failed(failed)
-                yield encoder.sse(failed)
-                return
-            yield frames
-            if isinstance(event, Finished | Failed):
-                return
+            # What arrived meanwhile goes out in the same write: an engine step posts several events.
+            events, pending = [*pending, *self.ready()], []
+            frames = []
+            for event in events:
+                try:
+                    frames.append(encoder.sse(event))
+                except Exception:
+                    log.exception(
+                        "could not encode a stream event", extra={"request_id": self._record.request_id}
+                    )
+                    failed = Failed("the response could not be encoded; see the server log")
+                    self._record.failed(failed)
+                    yield b"".join([*frames, encoder.sse(failed)])
+                    return
+                if isinstance(event, Finished | Failed):
+                    yield b"".join(frames)
+                    return
+            yield b"".join(frames)
 
 
 async def _render(served: ServedModel, chat: ChatRequest) -> Prompt:
