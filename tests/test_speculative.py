@@ -17,7 +17,7 @@ import mlx_lm
 import pytest
 from mlx_lm.generate import BatchGenerator
 
-from daemon.engine.constraints import Ban
+from daemon.engine.constraints import Ban, ThinkingBudget
 from daemon.engine.decode_batch import Generator
 from daemon.engine.demo_model import ModelShape, build_model
 from daemon.engine.draft import Draft, DraftProposer
@@ -206,6 +206,27 @@ def test_logits_processors_see_each_proposal_and_refused_ones_are_taken_back(ran
     speculated, counts = generate(random_model, PROMPTS, [60, 60, 60], speculate=True, processors=processors)
     assert speculated == plain
     assert looped in plain[0][:20] and looped not in plain[0][21:]
+    assert sum(c.proposed for c in counts) > sum(c.accepted for c in counts) > 0
+
+
+def test_a_thinking_budget_closes_the_reasoning_where_it_would_without_speculation(
+    random_model, drafts
+) -> None:
+    """The budget counts proposed tokens as it verifies them and is taken back to the accepted ones (another
+    model's drafts are mostly refused), so its forced end marker comes at the same token."""
+    reference, _ = generate(random_model, PROMPTS, [40, 40, 40], speculate=False)
+    unused = [token for token in range(1, 900) if token not in {t for out in reference for t in out}]
+    start, end = (unused[0],), (unused[1],)  # markers the model does not write by itself
+
+    def processors() -> list:
+        return [ThinkingBudget(10, start, end, thinking=True)]
+
+    plain, _ = generate(random_model, PROMPTS, [40, 40, 40], speculate=False, processors=processors)
+    speculated, counts = generate(
+        random_model, PROMPTS, [40, 40, 40], speculate=True, processors=processors, draft=drafts["other"]
+    )
+    assert speculated == plain
+    assert all(out[10] == end[0] for out in plain)  # the budget of 10 was spent: the end marker was forced
     assert sum(c.proposed for c in counts) > sum(c.accepted for c in counts) > 0
 
 
