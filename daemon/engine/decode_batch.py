@@ -108,13 +108,17 @@ class DecodeBatch(GenerationBatch):
             self._timing = None
             return []
         self._go_alone()
-        limits = self._plan()
-        responses = self._speculative_next(limits) if any(limits) else super().next()
+        limits = self._plan() if self.speculations else None
+        responses = self._speculative_next(limits) if limits and any(limits) else super().next()
         if self._timing is not None:
             self._timing.returned, self._timing.output = time.perf_counter(), len(responses)
-        for response in responses:
-            if (speculation := self.speculations.get(response.uid)) is not None:
-                speculation.took([response.token])
+        if self.speculations:
+            outputs: dict[int, list[int]] = {}
+            for response in responses:
+                outputs.setdefault(response.uid, []).append(response.token)
+            for uid, tokens in outputs.items():
+                if (speculation := self.speculations.get(uid)) is not None:
+                    speculation.took(tokens)
         return responses
 
     def _time_last_step(self) -> None:
@@ -131,14 +135,6 @@ class DecodeBatch(GenerationBatch):
         self._timing = _Timing(now, len(self.uids), self.prefilling, synchronous=self._verified)
         self._verified = self._rows_changed = False
 
-    def _speculator(self, row: int) -> Speculation | None:
-        """The row's speculation, where its logits processors can take proposals back."""
-        speculation = self.speculations.get(self.uids[row])
-        processors = self.logits_processors[row] or ()
-        if speculation is None or not all(hasattr(p, "snapshot") for p in processors):
-            return None
-        return speculation
-
     def _plan(self) -> list[int]:
         """Each row's longest proposal this step: of the rows whose proposers are ready, as long as their
         proposals are now, cut to the width whose expected output per second (from each row's acceptance and
@@ -148,14 +144,14 @@ class DecodeBatch(GenerationBatch):
             return [0] * len(self.uids)
         lengths, gains = [], []
         for row in range(len(self.uids)):
-            speculation = self._speculator(row)
+            speculation = self.speculations.get(self.uids[row])
             room = self.max_tokens[row] - self._num_tokens[row] - 1  # never propose past max_tokens
             lengths.append(speculation.wanted(room) if speculation else 0)
             gains.append([speculation.expected(m) for m in range(lengths[-1] + 1)] if speculation else [1.0])
         width = self.cost.best_width(len(self.uids), gains) if any(lengths) else 1
         limits = [min(length, width - 1) for length in lengths]
         for row, limit in enumerate(limits):
-            if not limit and (speculation := self._speculator(row)) is not None:
+            if not limit and (speculation := self.speculations.get(self.uids[row])) is not None:
                 speculation.shadow()
         return limits
 
@@ -166,9 +162,8 @@ class DecodeBatch(GenerationBatch):
         started = time.perf_counter()  # what the step costs: the proposals (a draft's passes) and the check
         proposals, drawn = [], []
         for row, (token, limit) in enumerate(zip(last, limits, strict=True)):
-            speculation = self._speculator(row)
-            available = speculation.available(token, limit) if speculation and limit else 0
-            proposal, q = speculation.propose(token, available) if speculation and available else ([], None)
+            speculation = self.speculations.get(self.uids[row])
+            proposal, q = speculation.propose(token, limit) if speculation and limit else ([], None)
             proposals.append(proposal)
             drawn.append(q)
         if not any(proposals):

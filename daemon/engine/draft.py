@@ -92,9 +92,6 @@ class DraftProposer:
             return False
         return True
 
-    def available(self, last: int, limit: int) -> int:
-        return limit
-
     def guess(self, limit: int) -> list[int]:
         return []
 

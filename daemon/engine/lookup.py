@@ -19,7 +19,6 @@ class PromptLookup:
     def __init__(self, tokens: list[int]):
         self._tokens = np.zeros(max(1024, 2 * len(tokens)), dtype=np.int64)
         self._size = 0
-        self._proposal: list[int] = []
         # The pairs of tokens that occur before the history's last one, so that `ready` is a set lookup.
         self._pairs: set[int] = set()
         self.extend(tokens)
@@ -60,18 +59,15 @@ class PromptLookup:
 
     def ready(self) -> bool:
         """The history's end matches something earlier (the newest token may yet continue the match)."""
-        return self._size > 1 and int(_pairs(self._tokens[self._size - 2 : self._size])[0]) in self._pairs
-
-    def available(self, last: int, limit: int) -> int:
-        self._proposal = self.continuation(limit, last)
-        return len(self._proposal)
+        if self._size < 2:
+            return False
+        return (int(self._tokens[self._size - 2]) << 32 | int(self._tokens[self._size - 1])) in self._pairs
 
     def guess(self, limit: int) -> list[int]:
         return self.continuation(limit)
 
     def propose(self, last: int, limit: int) -> tuple[list[int], None]:
-        """The proposal `available` found (the same `last`, a `limit` no larger)."""
-        return self._proposal[:limit], None
+        return self.continuation(limit, last), None
 
     def took(self, tokens: list[int]) -> None:
         self.extend(tokens)

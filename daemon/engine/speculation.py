@@ -24,11 +24,6 @@ class Proposer(Protocol):
         so that a step in which nothing is proposed need not wait for it)."""
         ...
 
-    def available(self, last: int, limit: int) -> int:
-        """How many tokens, up to `limit`, a proposal to follow the output and `last` (its newest token,
-        not yet output) would have."""
-        ...
-
     guesses: bool  # whether `guess` can: a proposal that costs nothing to make can be tried without a pass
 
     def guess(self, limit: int) -> list[int]:
@@ -37,8 +32,8 @@ class Proposer(Protocol):
         ...
 
     def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
-        """Up to `limit` tokens to follow the output and `last`, with the distribution each was drawn from
-        (one row per token), or None for tokens proposed with certainty."""
+        """Up to `limit` tokens to follow the output and `last` (its newest token, not yet output), with the
+        distribution each was drawn from (one row per token), or None for tokens proposed with certainty."""
         ...
 
     def took(self, tokens: list[int]) -> None: ...
@@ -90,10 +85,6 @@ class Speculation:
         if not self._shadow and self.offer:
             guess = self.proposer.guess(self.offer + 1)
             self._shadow, self._seen = (guess, 0) if len(guess) > 1 else ([], 0)  # a guess that proposes
-
-    def available(self, last: int, limit: int) -> int:
-        """How long its proposal after `last` is, at most `limit`."""
-        return self.proposer.available(last, limit)
 
     def expected(self, length: int) -> float:
         """Tokens a step outputs when it verifies `length` of them: its own, and each proposed one accepted
