@@ -14,10 +14,15 @@ RATIOS_AGAINST = ("raw", "mlx_lm.server")
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:
+    return [*write_run(out, "results", results, markdown(results)), *plots.draw(results, out)]
+
+
+def write_run(out: Path, stem: str, results: dict[str, Any], text: str) -> list[Path]:
+    """A run's `<stem>.json` (everything) and `<stem>.md` (its tables) in `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
-    return [out / "results.json", out / "results.md", *plots.draw(results, out)]
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+    (out / f"{stem}.md").write_text(text)
+    return [out / f"{stem}.json", out / f"{stem}.md"]
 
 
 def targets(results: dict[str, Any]) -> list[str]:

@@ -3,20 +3,16 @@ the target's verdict and the cost ratio in words)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from benchmarks.constrained.figures import TARGET
 from benchmarks.machine import label
-from benchmarks.report import fmt, fmt_summary
+from benchmarks.report import fmt, fmt_summary, write_run
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "constrained.json").write_text(json.dumps(results, indent=2))
-    (out / "constrained.md").write_text(markdown(results))
-    return [out / "constrained.json", out / "constrained.md"]
+    return write_run(out, "constrained", results, markdown(results))
 
 
 def markdown(results: dict[str, Any]) -> str:

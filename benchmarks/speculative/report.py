@@ -4,13 +4,12 @@ words."""
 
 from __future__ import annotations
 
-import json
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 from benchmarks.machine import label
-from benchmarks.report import fmt, fmt_summary
+from benchmarks.report import fmt, fmt_summary, write_run
 from benchmarks.serverlog import Served
 from benchmarks.speculative.workload import ARMS, Sent
 from benchmarks.stats import summary
@@ -66,10 +65,7 @@ def _per_repeat(items: list[Sent], arm: str, of) -> list[float]:
 
 
 def write(results: dict[str, Any], out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "speculative.json").write_text(json.dumps(results, indent=2))
-    (out / "speculative.md").write_text(markdown(results))
-    return [out / "speculative.json", out / "speculative.md"]
+    return write_run(out, "speculative", results, markdown(results))
 
 
 def markdown(results: dict[str, Any]) -> str:
