@@ -30,6 +30,7 @@ from tests.trained import trained_model
 
 UNDECLARED = "undeclared"  # trained to call delete_everything, which no request declares
 CODER = "coder"  # random weights, Qwen3-Coder's call format
+GLM = "glm"  # random weights, GLM 4.7's call format (one tagged key and value per argument)
 SAMPLED = 12  # requests per schema family
 MAX_TOKENS = 400
 
@@ -59,6 +60,22 @@ CODER_TEMPLATE = (
     "{{- '<|im_start|>user\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}"
     "{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# GLM 4.7's way: mlx-lm picks its `glm47` parser for any template with "<arg_key>" in it.
+GLM_TEMPLATE = CODER_TEMPLATE.replace(
+    "<tool_call>\\n<function=example_name>\\n<parameter=example_parameter>\\nvalue\\n</parameter>\\n"
+    "</function>\\n</tool_call>",
+    "<tool_call>example_name<arg_key>example_parameter</arg_key><arg_value>value</arg_value></tool_call>",
+).replace(
+    "{{- '\\n<tool_call>\\n<function=' + call.name + '>\\n' }}"
+    "{%- for key, value in call.arguments.items() %}{{- '<parameter=' + key + '>\\n' }}"
+    "{{- value if value is string else value | tojson }}{{- '\\n</parameter>\\n' }}{%- endfor %}"
+    "{{- '</function>\\n</tool_call>' }}",
+    "{{- '\\n<tool_call>' + call.name }}"
+    "{%- for key, value in call.arguments.items() %}{{- '<arg_key>' + key + '</arg_key><arg_value>' }}"
+    "{{- value if value is string else value | tojson }}{{- '</arg_value>' }}{%- endfor %}"
+    "{{- '</tool_call>' }}",
 )
 
 # Bounded as in tests/test_constrained.py, and with no parameter of type string: in XML a string is raw
@@ -102,13 +119,17 @@ CODER_TOOLS = [
 ]
 
 
-def coder_model() -> Path:
-    """The random Qwen3-Coder-format model, built once per version of its template."""
-    digest = hashlib.sha256(CODER_TEMPLATE.encode()).hexdigest()[:12]
-    path = MODELS / f"tiny-qwen3-coder-{digest}"
+def templated_model(stem: str, template: str) -> Path:
+    """A random model with `template`, built once per version of it."""
+    digest = hashlib.sha256(template.encode()).hexdigest()[:12]
+    path = MODELS / f"{stem}-{digest}"
     if not (path / "config.json").exists():
-        build_model(path, ModelShape(chat_template=CODER_TEMPLATE))
+        build_model(path, ModelShape(chat_template=template))
     return path
+
+
+def coder_model() -> Path:
+    return templated_model("tiny-qwen3-coder", CODER_TEMPLATE)
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +139,7 @@ def server(tmp_path_factory) -> Iterator[RunningServer]:
     models = [
         {"name": UNDECLARED, "source": str(trained_model([UNDECLARED_CALL], cache_dir=MODELS))},
         {"name": CODER, "source": str(coder_model())},
+        {"name": GLM, "source": str(templated_model("tiny-glm47", GLM_TEMPLATE))},
     ]
     config.write_text(config_toml({}, models))
     with run_server(home, "--config", str(config)) as running:
@@ -195,8 +217,11 @@ def test_unconstrained_an_undeclared_call_comes_back_as_text(
     assert message.stop_reason == "end_turn"
 
 
+@pytest.mark.parametrize("model", [CODER, GLM])
 @pytest.mark.parametrize("family", CODER_FAMILIES)
-def test_a_forced_xml_call_always_fits_its_tool_schema(server: RunningServer, family: str) -> None:
+def test_a_forced_tagged_call_always_fits_its_tool_schema(
+    server: RunningServer, family: str, model: str
+) -> None:
     """`tool` among both tools, `any` with the family's alone, each streamed and not, at temperature 1."""
     client = server.client()
     only = [tool for tool in CODER_TOOLS if tool["name"] == family]
@@ -208,7 +233,7 @@ def test_a_forced_xml_call_always_fits_its_tool_schema(server: RunningServer, fa
         message = respond(
             client,
             stream=seed % 4 >= 2,
-            model=CODER,
+            model=model,
             max_tokens=MAX_TOKENS,
             messages=[{"role": "user", "content": f"Call {family} for request {seed}."}],
             tools=tools,

@@ -14,8 +14,9 @@ from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
 from mlx_lm.utils import load_config, load_tokenizer
 
 from daemon.chat.request import ChatRequest, Message, Text, Tool, ToolChoice
+from daemon.engine.call_grammars import closed_schema
 from daemon.engine.constrained import GrammarConstraint
-from daemon.engine.grammar import GrammarCompiler, GrammarError, closed_schema, request_grammar
+from daemon.engine.grammar import GrammarCompiler, GrammarError, request_grammar
 from daemon.engine.prompt import render
 from daemon.engine.tools import model_format
 

@@ -3,9 +3,8 @@ that names a declared tool and carries arguments valid against its schema (force
 opens a call), and an answer that is JSON valid against a schema. They are compiled per model tokenizer and
 kept, so the same tools on every turn compile once.
 
-Formats with a grammar: JSON calls (mlx-lm's `json_tools`, and mlxd's generic format) and Qwen3-Coder's XML.
-Other formats (`function_gemma`, `kimi_k2`, `glm47`, `minimax_m2`, `mistral`, `pythonic`, …) are decoded
-unconstrained; a call they make to an undeclared tool comes back as text.
+How each format writes one call is in daemon.engine.call_grammars; a format without a grammar there is
+decoded unconstrained, and a call it makes to an undeclared tool comes back as text.
 """
 
 from __future__ import annotations
@@ -21,15 +20,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from daemon.chat.request import Tool, ToolChoice
+from daemon.engine.call_grammars import CallShape, call_shape, closed_schema, json_value, literal
 from daemon.engine.tools import ToolFormat
 
 log = logging.getLogger(__name__)
 
-GRAMMAR_FORMATS = ("json_tools", "generic", "qwen3_coder")
-
-# How JSON is written inside a grammar: the spacing models are trained on (`{"a": 1, "b": 2}`), and no free
-# whitespace, which a weak model would otherwise fill without end.
-JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 CACHED_GRAMMARS = 64
 
 
@@ -45,75 +40,9 @@ class Grammar:
     compile_seconds: float
 
 
-def json_value(schema: dict[str, Any], *, lenient: bool = False) -> str:
-    """An inline JSON value of `schema`, written in `JSON_STYLE`; `lenient` ignores the keywords llguidance
-    cannot enforce, rather than refusing the schema."""
-    style = {**JSON_STYLE, "lenient": True} if lenient else JSON_STYLE
-    return "%json " + json.dumps({**schema, "x-guidance": style}, ensure_ascii=False)
-
-
-def closed_schema(schema: Any) -> Any:
-    """The schema with every object closed to properties it does not name, unless it says otherwise: what a
-    model generates is what the schema describes (which also honours `strict: true`)."""
-    if isinstance(schema, list):
-        return [closed_schema(item) for item in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {key: closed_schema(value) for key, value in schema.items()}
-    if "properties" in out:  # an object that names none (`{"type": "object"}`) stays any object
-        out.setdefault("additionalProperties", False)
-    return out
-
-
-def call_body(fmt: ToolFormat, tool: Tool, *, lenient: bool = False) -> str:
-    """The grammar of one call's body, between the format's start and end markers."""
-    schema = closed_schema(tool.parameters or {"type": "object"})
-    if fmt.kind == "qwen3_coder":
-        return _xml_call(tool.name, schema)
-    call = {
-        "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": schema},
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-    }
-    return f'"\\n" {json_value(call, lenient=lenient)} "\\n"'
-
-
-def _xml_call(name: str, schema: dict[str, Any]) -> str:
-    """Qwen3-Coder's `<function=NAME>` with one `<parameter=KEY>` per property, in the schema's order (the
-    required ones always); strings are raw text up to the closing tag, other values JSON of their schema."""
-    properties = schema.get("properties") or {}
-    required = set(schema.get("required") or ())
-    parts = []
-    for key, value_schema in properties.items():
-        value = _xml_value(value_schema if isinstance(value_schema, dict) else {})
-        parameter = f"({json.dumps(f'<parameter={key}>' + chr(10))} {value})"
-        parts.append(parameter if key in required else f"{parameter}?")
-    return f'{json.dumps(f"{chr(10)}<function={name}>{chr(10)}")} {" ".join(parts)} "</function>\\n"'
-
-
-def _xml_value(schema: dict[str, Any]) -> str:
-    """A parameter's value and its closing tag. A string is raw text, its length held (not its `pattern`
-    or `format`: XML has no quotes to hold them within)."""
-    if "enum" in schema and all(isinstance(value, str) for value in schema["enum"]):
-        choices = " | ".join(json.dumps(value) for value in schema["enum"])
-        return f"({choices}) {XML_CLOSE}"
-    if schema.get("type") == "string":
-        low, high = schema.get("minLength"), schema.get("maxLength")
-        if not isinstance(low, int) and not isinstance(high, int):
-            return "xml_text"
-        bounds = f"{low if isinstance(low, int) else 0},{high if isinstance(high, int) else ''}"
-        return f"/(.|\\n){{{bounds}}}/ {XML_CLOSE}"
-    return f"{json_value(schema)} {XML_CLOSE}"
-
-
-XML_CLOSE = json.dumps("\n</parameter>\n")
-# Raw text ending at the closing tag, which the rule's suffix then writes (nothing taken back).
-XML_TEXT = f"xml_text[suffix={XML_CLOSE}]: /(.|\\n)*/"
-
-
 def tool_grammar(
     fmt: ToolFormat,
+    shape: CallShape,
     tools: tuple[Tool, ...],
     *,
     forced: bool,
@@ -123,28 +52,37 @@ def tool_grammar(
     answer_schema: dict[str, Any] | None = None,
     lenient: frozenset[str] = frozenset(),
 ) -> str:
-    """The Lark grammar of a response's calls: `forced` (only calls, of `name` when given) or lazily
-    constrained from the opening marker on, with free text around; `single` allows one call; with
-    `answer_schema`, an answer that is not a call is JSON of that schema. Tools named in `lenient` keep only
-    the part of their schema llguidance can enforce."""
+    """The Lark grammar of a response's calls, written in `shape`: `forced` (only calls, of `name` when
+    given) or lazily constrained from the opening marker on, with free text around; `single` allows one
+    call; with `answer_schema`, an answer that is not a call is JSON of that schema. Tools named in
+    `lenient` keep only the part of their schema llguidance can enforce."""
     chosen = [tool for tool in tools if name is None or tool.name == name]
-    start, end = marker(fmt.start), marker(fmt.end) if fmt.end else '""'
-    body = " | ".join(f"({call_body(fmt, tool, lenient=tool.name in lenient)})" for tool in chosen)
-    lines = ["%llguidance {}", f"call: {start} ({body}) {end}"]
-    if fmt.kind == "qwen3_coder":
-        lines.append(XML_TEXT)
+    start, end = marker(fmt.start), marker(fmt.end) if fmt.end else ""
+    one = " | ".join(f"({shape.body(tool, marker, lenient=tool.name in lenient)})" for tool in chosen)
+    within = f"({one})"
+    if shape.inside is not None:  # several calls share one section
+        more = "" if single else f" ({marker(shape.inside) if shape.inside else ''} ({one}))*"
+        within = " ".join(
+            filter(None, (literal(marker, *shape.opening), within + more, literal(marker, *shape.closing)))
+        )
+    sections = single or shape.inside is not None  # at most one section
+    lines = ["%llguidance {}", f"call: {start} {within} {end}".rstrip()]
+    if "raw_text" in one:
+        lines += shape.call.rules(marker)
     if forced:
-        lines.insert(1, "start: call" if single else 'start: call ("\\n" call)*')
+        lines.insert(1, "start: call" if sections else 'start: call ("\\n" call)*')
     elif answer_schema is not None:
-        lines.insert(1, f"start: answer | call{'' if single else '+'}")
+        lines.insert(1, f"start: answer | call{'' if sections else '+'}")
         lines.append(f"answer: {json_value(closed_schema(answer_schema))}")
     else:
-        # Text until the marker opens a call; a special-token marker can never occur inside text.
+        # Text until the marker opens a call; a special-token marker can never occur inside text. After a
+        # call in a format with no end marker, everything is calls.
         opening = (
             f"call_start[lazy]: TEXT {start}" if not start.startswith("<[") else f"call_start: TEXT {start}"
         )
-        lines[1] = f"call: call_start ({body}) {end}"
-        lines.insert(1, "start: call? TEXT" if single else "start: call* TEXT")
+        lines[1] = f"call: call_start {within} {end}".rstrip()
+        free = "call | TEXT" if not end else "call? TEXT" if sections else "call* TEXT"
+        lines.insert(1, f"start: {free}")
         lines += [opening, "TEXT: /(.|\\n)*/"]
     return "\n".join(lines)
 
@@ -154,9 +92,11 @@ def answer_grammar(schema: dict[str, Any], *, lenient: bool = False) -> str:
     return f"%llguidance {{}}\nstart: {json_value(closed_schema(schema), lenient=lenient)}"
 
 
-def constrains_calls(fmt: ToolFormat | None, tools: tuple[Tool, ...], choice: ToolChoice) -> bool:
+def constrains_calls(
+    fmt: ToolFormat | None, tools: tuple[Tool, ...], choice: ToolChoice, compiler: GrammarCompiler
+) -> bool:
     """Whether the calls of a response are held to a grammar: tools on offer, in a format with one."""
-    return fmt is not None and bool(tools) and choice.mode != "none" and fmt.kind in GRAMMAR_FORMATS
+    return fmt is not None and bool(tools) and choice.mode != "none" and compiler.shape(fmt) is not None
 
 
 def request_grammar(
@@ -172,7 +112,7 @@ def request_grammar(
     schema, a forced call, a `strict` tool. A tool merely on offer keeps the part of its schema that can be
     enforced, so that one unusual tool (an MCP server's, say) never makes a whole conversation fail. The
     compile time counts everything compiled for the first time along the way."""
-    calls = constrains_calls(fmt, tools, choice)
+    calls = constrains_calls(fmt, tools, choice, compiler)
     if not calls and answer_schema is None:
         return None
     started, compiled = time.perf_counter(), compiler.compiled
@@ -200,8 +140,11 @@ def _text(
         assert answer_schema is not None
         return answer_grammar(answer_schema)
     forced = choice.mode in ("required", "tool")
+    shape = compiler.shape(fmt)
+    assert shape is not None
     return tool_grammar(
         fmt,
+        shape,
         tools,
         forced=forced,
         name=choice.name if choice.mode == "tool" else None,
@@ -271,6 +214,10 @@ class GrammarCompiler:
                 return
             self._warned.add(message)
         log.warning("%s", message)
+
+    def shape(self, fmt: ToolFormat) -> CallShape | None:
+        """How this model writes a call in `fmt`, or None when the format has no grammar."""
+        return call_shape(fmt.kind, self._tokenizer.chat_template)
 
     def marker(self, text: str) -> str:
         """`text` in a grammar: the special token it is (which text can never spell), else a literal."""

@@ -108,7 +108,7 @@ def render(tokenizer: Any, request: ChatRequest, grammars: GrammarCompiler | Non
     prompt = Prompt(tokens, thinking, starts_in_thinking, tools, prefill, shared, tool_format)
     budget = request.thinking.budget_tokens if thinking else None
     choice = request.tool_choice
-    guided = grammars is not None and constrains_calls(tool_format, request.tools, choice)
+    guided = grammars is not None and constrains_calls(tool_format, request.tools, choice, grammars)
     prompt = _with_tool_choice(tokenizer, replace(prompt, thinking_budget=budget), choice, guided=guided)
     if grammars is None:
         return prompt
