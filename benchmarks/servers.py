@@ -51,7 +51,6 @@ def mlxd(
         "MLXD_CONFIG_DIR": str(home / "config"),
         "MLXD_MAX_SEQUENCES": str(plan.max_sequences),
         "MLXD_PREFILL_STEP_SIZE": str(plan.prefill_step_size),
-        "MLXD_PROMPT_CACHE_SAVE_BYTES": "0",  # nothing to keep for a next run
         "HF_HUB_OFFLINE": "1",
     } | (settings or {})
     port = free_port()

@@ -126,8 +126,8 @@ def load_registry(settings: Settings) -> ModelRegistry:
     options = EngineOptions(
         limits=EngineLimits(settings.max_sequences, settings.max_queued, settings.prefill_step_size),
         prompt_cache_bytes=settings.prompt_cache_bytes,
-        saved_cache_dir=settings.saved_cache_dir,
-        saved_cache_bytes=settings.prompt_cache_save_bytes,
+        disk_cache_dir=settings.disk_cache_dir,
+        disk_cache_bytes=settings.prompt_cache_disk_bytes,
     )
     return ModelRegistry(
         specs,

@@ -63,7 +63,7 @@ _logits_processors = runner.logits_processors
 _admitting: set[str] = set()  # the stages asked by the job being admitted (admission runs on one thread)
 
 
-def insert(self: runner.Engine, batch: Any, job: runner.GenerationJob, submitted: float) -> None:
+def insert(self: runner.Engine, batch: Any, job: runner.GenerationJob, submitted: float, hit: Any) -> None:
     asked = stages(job.stop_sequences)
     if "admit" in asked:
         raise InjectedFault("admission")
@@ -73,7 +73,7 @@ def insert(self: runner.Engine, batch: Any, job: runner.GenerationJob, submitted
         _arm_forward_fault(self.loaded.model)
     _admitting.clear()
     _admitting.update(asked)  # read by `logits_processors`, called from the original `_insert`
-    _insert(self, batch, job, submitted)
+    _insert(self, batch, job, submitted, hit)
 
 
 def logits_processors(prompt: Any, model: Any) -> tuple[list, Any]:

@@ -116,3 +116,16 @@ def test_speculative_smoke_run_writes_its_report(tmp_path: Path) -> None:
     assert rows == [[w, s, arm] for w in ("edit", "free") for s in ("1", "2") for arm in arms]
     cells = [line.split(" | ")[4:7] for line in table.splitlines() if line.startswith(speed)]
     assert all("—" not in cell for row in cells for cell in row)  # both rates and their ratio
+
+
+def test_cache_tiers_smoke_run_writes_its_report(tmp_path: Path) -> None:
+    """`--cache-tiers`: cold, RAM and disk first tokens for one prefix size, the disk hit reading what the
+    first server wrote before its restart."""
+    out = tmp_path / "tiers"
+    assert main(["--cache-tiers", "--smoke", "--models-dir", str(MODELS), "--out", str(out)]) == 0
+
+    [row] = json.loads((out / "cache_tiers.json").read_text())["rows"]
+    assert all(is_number(row[f"{tier}_ttft_s"]) for tier in ("cold", "ram", "disk"))
+    assert row["disk_cached"] >= 256 and row["ram_cached"] >= row["disk_cached"]
+    assert row["disk_bytes_read"] > 0 and row["disk_bytes_per_token"] > 0
+    assert "| disk / cold |" in (out / "cache_tiers.md").read_text()

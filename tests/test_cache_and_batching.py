@@ -208,42 +208,27 @@ def metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
-def test_warm_restart_restores_the_cache_and_metrics_count_it(tiny_model: Path, tmp_path: Path) -> None:
-    cache_dir = tmp_path / "saved-cache"
-    env = server_env(tmp_path, MLXD_PROMPT_CACHE_DIR=str(cache_dir))
+def test_the_cache_survives_a_restart_on_disk_and_metrics_count_it(tiny_model: Path, tmp_path: Path) -> None:
+    env = server_env(tmp_path)
     args = ("--model", str(tiny_model), "--model-name", "tiny")
     request = {**claude_code_request("tiny", max_tokens=4, scale=SCALE), "stream": False, "temperature": 0}
     with run_server(tmp_path, *args, env=env) as first_server:
         with first_server.http() as http:
             first = ask(http, request)
         first_server.process.send_signal(signal.SIGTERM)
-        assert first_server.process.wait(timeout=60) == 0
-    saved = list(cache_dir.rglob("*.safetensors"))
-    assert saved, "the shutdown saved the long prefix"
-    (saved[0].parent / "corrupt.safetensors").write_bytes(b"not a cache")
+        assert first_server.process.wait(timeout=60) == 0  # after the writes still queued
 
-    with run_server(tmp_path, *args, env=env) as second_server:
-        with second_server.http() as http:
-            again = ask(
-                http,
-                {**request, "system": [{"type": "text", "text": billing_line()}, *request["system"][1:]]},
-            )
-            metrics = http.get("/metrics").text
-        log = second_server.log()
-    assert again["usage"]["cache_read_input_tokens"] >= prompt_tokens(first["usage"]) - 1
-    assert "ignoring saved prompt cache" in log and "corrupt.safetensors" in log
-    assert "restored 1 prompt cache prefixes" in log
+    with run_server(tmp_path, *args, env=env) as second_server, second_server.http() as http:
+        again = ask(
+            http,
+            {**request, "system": [{"type": "text", "text": billing_line()}, *request["system"][1:]]},
+        )
+        metrics = http.get("/metrics").text
+    # Whole blocks of 256 tokens come back from disk; the rest of the prompt is computed.
+    assert again["usage"]["cache_read_input_tokens"] >= prompt_tokens(first["usage"]) - 256
+    assert metric(metrics, 'mlxd_prompt_cache_hits_total{model="tiny",tier="disk"}') == 1
     assert metric(metrics, 'mlxd_requests_total{route="/v1/messages",status="200"}') == 1
     assert (
         metric(metrics, 'mlxd_tokens_total{kind="cached",model="tiny"}')
         == again["usage"]["cache_read_input_tokens"]
     )
-    assert (
-        metric(metrics, 'mlxd_tokens_total{kind="output",model="tiny"}')
-        == again["usage"]["output_tokens"]
-        == 4
-    )
-    assert metric(metrics, 'mlxd_tokens_total{kind="prompt",model="tiny"}') == prompt_tokens(again["usage"])
-    assert metric(metrics, 'mlxd_time_to_first_token_seconds_count{model="tiny"}') == 1
-    assert metric(metrics, 'mlxd_prompt_cache_entries{model="tiny"}') >= 1
-    assert metric(metrics, 'mlxd_active_sequences{model="tiny"}') == 0

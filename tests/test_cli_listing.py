@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from daemon.cli.listing import facts_lines, inventory_lines, loaded_line, ps_lines, unloaded_line
+from daemon.store.files import kv_bytes_per_token
 from daemon.store.inventory import CachedModel, ConfiguredModel, ModelFacts
 
 MiB = 2**20
@@ -16,6 +17,8 @@ def status(name: str, state: str, **fields: object) -> dict[str, object]:
     defaults = {
         "weight_bytes": 0,
         "cache_bytes": 0,
+        "disk_cache_bytes": 0,
+        "cache_counts": {"ram_hits": 0, "disk_hits": 0, "disk_read_bytes": 0, "disk_written_bytes": 0},
         "idle_seconds": None,
         "active_sequences": 0,
         "queued": 0,
@@ -35,6 +38,13 @@ PS_REPLY = {
             "loaded",
             weight_bytes=799129,
             cache_bytes=2048,
+            disk_cache_bytes=3 * MiB,
+            cache_counts={
+                "ram_hits": 9,
+                "disk_hits": 2,
+                "disk_read_bytes": MiB,
+                "disk_written_bytes": 3 * MiB,
+            },
             idle_seconds=75.4,
             requests_served=12,
             last_error="boom",
@@ -57,11 +67,12 @@ PS_REPLY = {
 
 def test_ps_shows_requests_in_flight_and_served_per_model() -> None:
     assert ps_lines(PS_REPLY) == [
-        "MODEL    STATE     WEIGHTS    KV CACHE  IDLE  IN FLIGHT  SERVED  UNLOADS",
-        "alpha    unloaded  -          -         -     0          0       after 10m idle",
-        "beta     loaded    780.4 KiB  2.0 KiB   1m    0          12      never",
-        "endless  loaded    5.0 MiB    0 B       -     3          3       never (pinned)",
+        "MODEL    STATE     WEIGHTS    KV CACHE  ON DISK  IDLE  IN FLIGHT  SERVED  UNLOADS",
+        "alpha    unloaded  -          -         -        -     0          0       after 10m idle",
+        "beta     loaded    780.4 KiB  2.0 KiB   3.0 MiB  1m    0          12      never",
+        "endless  loaded    5.0 MiB    0 B       0 B      -     3          3       never (pinned)",
         "weights loaded: 5.8 MiB of 1.0 GiB budget; MLX holds 3.0 MiB in all",
+        "beta: prompt cache hits 9 in RAM, 2 on disk; 1.0 MiB read from disk, 3.0 MiB written",
         "beta: last load failed: boom",
     ]
     unlimited = ps_lines({**PS_REPLY, "memory_budget_bytes": 0})
@@ -83,6 +94,7 @@ def test_model_facts() -> None:
         quantization="4-bit, group size 64, affine",
         context_length=32768,
         weight_bytes=5 * MiB,
+        kv_bytes_per_token=98304,
         tool_parser="json_tools",
         thinking=("<think>", "</think>"),
         chat_template=True,
@@ -94,12 +106,14 @@ def test_model_facts() -> None:
         "quantization:  4-bit, group size 64, affine",
         "context:       32768 tokens",
         "size:          5.0 MiB",
+        "KV cache:      96.0 KiB per token; 100k tokens take 9.2 GiB",
         "tool calls:    yes (json_tools format)",
         "thinking:      yes (<think> … </think>)",
         "chat template: yes",
     ]
-    plain = ModelFacts("org/m", Path("/hf/m"), "llama", "none (float32)", 4096, 1000, None, None, False)
-    assert facts_lines(plain)[-3:] == [
+    plain = ModelFacts("org/m", Path("/hf/m"), "llama", "none (float32)", 4096, 1000, None, None, None, False)
+    assert facts_lines(plain)[-4:] == [
+        "KV cache:      unknown (the config does not state the attention's shape)",
         "tool calls:    no",
         "thinking:      no",
         "chat template: no (prompts are plain transcripts)",
@@ -132,3 +146,14 @@ def test_inventory_lists_the_configured_models_then_the_cache() -> None:
         "In the Hugging Face cache (/hf/hub):",
         "nothing yet; download with `mlxd models pull REPO`",
     ]
+
+
+def test_kv_bytes_per_token_follow_the_attentions_shape() -> None:
+    # Qwen3-Coder-30B-A3B: 48 layers, 4 KV heads of 128, bfloat16.
+    coder = {"num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4, "head_dim": 128}
+    assert kv_bytes_per_token(coder) == 2 * 48 * 4 * 128 * 2 == 98304
+    # No head_dim: hidden size over heads; no KV heads: as many as attention heads; float32 is 4 bytes.
+    plain = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "torch_dtype": "float32"}
+    assert kv_bytes_per_token(plain) == 2 * 2 * 4 * 16 * 4
+    assert kv_bytes_per_token({"text_config": coder, "vision_config": {}}) == 98304
+    assert kv_bytes_per_token({"model_type": "mamba"}) is None

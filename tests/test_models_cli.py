@@ -24,7 +24,7 @@ def hub_env(tmp_path: Path, endpoint: str) -> dict[str, str]:
     return {**server_env(tmp_path, HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / "hf")), "HF_HUB_OFFLINE": "0"}
 
 
-PS_COLUMNS = ("MODEL", "STATE", "WEIGHTS", "KV CACHE", "IDLE", "IN FLIGHT", "SERVED", "UNLOADS")
+PS_COLUMNS = ("MODEL", "STATE", "WEIGHTS", "KV CACHE", "ON DISK", "IDLE", "IN FLIGHT", "SERVED", "UNLOADS")
 
 
 def ps_columns(output: str) -> dict[str, dict[str, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from quart import Blueprint, Response, current_app
 
@@ -122,12 +122,38 @@ class _EngineCollector(Collector):
                 lambda s: s.engine.cache.nbytes,
             ),
             "mlxd_prompt_cache_entries": ("Prefixes kept for reuse.", lambda s: s.engine.cache.entries),
+            "mlxd_prompt_cache_disk_bytes": (
+                "Bytes of KV state in the prompt cache's disk tier.",
+                lambda s: s.engine.cache.disk_bytes,
+            ),
         }
         for name, (help_text, read) in gauges.items():
             family = GaugeMetricFamily(name, help_text, labels=["model"])
             for served in self.models:
                 family.add_metric([served.name], read(served))
             yield family
+        yield from self._cache_counters()
+
+    def _cache_counters(self) -> Iterator[CounterMetricFamily]:
+        """Counts of the prompt cache since each model loaded: hits by tier, bytes to and from disk."""
+        hits = CounterMetricFamily(
+            "mlxd_prompt_cache_hits",
+            "Requests that reused cached KV state, by tier.",
+            labels=["model", "tier"],
+        )
+        moved = CounterMetricFamily(
+            "mlxd_prompt_cache_disk_io_bytes",
+            "Bytes of KV state written to and read from the disk tier.",
+            labels=["model", "direction"],
+        )
+        for served in self.models:
+            counts = served.engine.cache.counts()
+            for tier in ("ram", "disk"):
+                hits.add_metric([served.name, tier], counts[f"{tier}_hits"])
+            for direction in ("written", "read"):
+                moved.add_metric([served.name, direction], counts[f"disk_{direction}_bytes"])
+        yield hits
+        yield moved
 
 
 @blueprint.route("/metrics", methods=["GET"])

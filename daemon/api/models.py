@@ -15,6 +15,7 @@ from daemon.api.serving import not_found
 from daemon.chat.errors import invalid_request
 from daemon.engine.names import TIER_IDS
 from daemon.engine.registry import ModelRegistry, ServedModel
+from daemon.store.files import local_path, stated_kv_bytes_per_token
 
 blueprint = Blueprint("models", __name__)
 
@@ -27,7 +28,7 @@ WHOLE_LIST = "1000"
 
 def describe(model_id: str, served: ServedModel) -> dict:
     """One entry of the list: Anthropic's fields and OpenAI's, plus the model it means, whether that is
-    loaded, and its context length when known."""
+    loaded, and its context length and KV bytes per token when known."""
     entry = {
         "id": model_id,
         "type": "model",
@@ -41,6 +42,10 @@ def describe(model_id: str, served: ServedModel) -> dict:
     }
     if (context := served.context_length()) is not None:
         entry["context_length"] = context
+    if (path := local_path(served.spec.source)) is not None and (
+        per_token := stated_kv_bytes_per_token(path)
+    ):
+        entry["kv_bytes_per_token"] = per_token
     return entry
 
 

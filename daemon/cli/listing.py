@@ -11,7 +11,7 @@ from daemon.cli.format import duration, table
 from daemon.config.units import format_bytes
 from daemon.store.inventory import CachedModel, ConfiguredModel, ModelFacts
 
-PS_HEADERS = ("MODEL", "STATE", "WEIGHTS", "KV CACHE", "IDLE", "IN FLIGHT", "SERVED", "UNLOADS")
+PS_HEADERS = ("MODEL", "STATE", "WEIGHTS", "KV CACHE", "ON DISK", "IDLE", "IN FLIGHT", "SERVED", "UNLOADS")
 
 
 def ps_lines(reply: dict[str, Any]) -> list[str]:
@@ -23,6 +23,7 @@ def ps_lines(reply: dict[str, Any]) -> list[str]:
             model["state"],
             _loaded_size(model, "weight_bytes"),
             _loaded_size(model, "cache_bytes"),
+            _loaded_size(model, "disk_cache_bytes"),
             duration(model["idle_seconds"]) if model["idle_seconds"] is not None else "-",
             str(model["active_sequences"] + model["queued"]),
             str(model["requests_served"]),
@@ -37,8 +38,18 @@ def ps_lines(reply: dict[str, Any]) -> list[str]:
         f"{format_bytes(budget) + ' budget' if budget else 'an unlimited budget'}; "
         f"MLX holds {format_bytes(reply['active_memory_bytes'])} in all"
     )
+    lines += [_cache_line(m) for m in reply["models"] if any(m["cache_counts"].values())]
     lines += [f"{m['name']}: last load failed: {m['last_error']}" for m in reply["models"] if m["last_error"]]
     return lines
+
+
+def _cache_line(model: dict[str, Any]) -> str:
+    counts = model["cache_counts"]
+    return (
+        f"{model['name']}: prompt cache hits {counts['ram_hits']} in RAM, {counts['disk_hits']} on disk; "
+        f"{format_bytes(counts['disk_read_bytes'])} read from disk, "
+        f"{format_bytes(counts['disk_written_bytes'])} written"
+    )
 
 
 def loaded_line(model: dict[str, Any]) -> str:
@@ -96,11 +107,18 @@ def facts_lines(facts: ModelFacts) -> list[str]:
         ("quantization", facts.quantization),
         ("context", f"{facts.context_length} tokens"),
         ("size", format_bytes(facts.weight_bytes)),
+        ("KV cache", _kv_line(facts.kv_bytes_per_token)),
         ("tool calls", f"yes ({facts.tool_parser} format)" if facts.tool_parser else "no"),
         ("thinking", f"yes ({' … '.join(facts.thinking)})" if facts.thinking else "no"),
         ("chat template", "yes" if facts.chat_template else "no (prompts are plain transcripts)"),
     ]
     return [f"{label + ':':<15}{value}" for label, value in labelled]
+
+
+def _kv_line(per_token: int | None) -> str:
+    if per_token is None:
+        return "unknown (the config does not state the attention's shape)"
+    return f"{format_bytes(per_token)} per token; 100k tokens take {format_bytes(per_token * 100_000)}"
 
 
 def _loaded_size(model: dict[str, Any], key: str) -> str:

@@ -75,7 +75,7 @@ class Settings(BaseModel):
     prefill_step_size: int = Field(1024, gt=0)
     prompt_cache_bytes: int = Field(default_factory=default_prompt_cache_bytes, ge=0)
     prompt_cache_dir: Path | None = None
-    prompt_cache_save_bytes: int = Field(4 * 2**30, ge=0)
+    prompt_cache_disk_bytes: int = Field(16 * 2**30, ge=0)  # the disk tier under the prompt cache
     strip_billing_header: bool = True
     constrained_decoding: bool = True  # hold calls and JSON answers to their grammars
     speculative: Speculative = "prompt-lookup"  # how models propose tokens to verify; per model in [[models]]
@@ -178,8 +178,8 @@ class Settings(BaseModel):
         return default_memory_budget(self.prompt_cache_bytes)
 
     @property
-    def saved_cache_dir(self) -> Path:
-        """Where prefixes are saved at shutdown for a warm restart."""
+    def disk_cache_dir(self) -> Path:
+        """Where the prompt cache's disk tier keeps its blocks, a folder per model."""
         return (self.prompt_cache_dir or data_dir() / "prompt-cache").expanduser()
 
     def speculation_of(self, model: ModelConfig | None) -> Speculation:

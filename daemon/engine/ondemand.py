@@ -146,8 +146,8 @@ class OnDemandEngine:
             job.emit(Failed(message, overloaded=overloaded, retry=retry))
 
     def unload_if_idle(self, idle_for: float = 0.0) -> int:
-        """Close the engine, saving its prompt cache, unless a request is in flight or came within `idle_for`
-        seconds; returns the bytes of weights freed (0 when it stays)."""
+        """Close the engine (its prompt cache's disk writes finished), unless a request is in flight or came
+        within `idle_for` seconds; returns the bytes of weights freed (0 when it stays)."""
         with self._lock:
             engine = self._engine
             if engine is None or self.busy or time.monotonic() - self.last_used < idle_for:

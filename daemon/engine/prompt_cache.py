@@ -1,30 +1,22 @@
-"""Prefix reuse across requests: mlx-lm's `LRUPromptCache` under a byte budget, plus saving the most
-valuable long prefixes to disk at shutdown and restoring them when the model loads (warm restart).
+"""Prefix reuse across requests: mlx-lm's `LRUPromptCache` under a byte budget in RAM, over a disk tier
+(daemon.engine.disk_cache) that keeps prefixes across evictions and restarts.
 
-Used only from the engine thread.
+Used only from the engine thread, except `read`, which runs wherever the engine sends it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mlx_lm.models.cache import (
-    LRUPromptCache,
-    can_trim_prompt_cache,
-    load_prompt_cache,
-    save_prompt_cache,
-    trim_prompt_cache,
-)
+from mlx_lm.models.cache import KVCache, LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
+
+from daemon.engine.disk_cache import BLOCK_TOKENS, Blocks, DiskTier
 
 log = logging.getLogger(__name__)
 
-# Below this many tokens a prefix is cheap to recompute and not worth a file.
-MIN_SAVED_TOKENS = 256
 _MAX_ENTRIES = 64
 
 
@@ -32,24 +24,17 @@ _MAX_ENTRIES = 64
 class CacheHit:
     cache: list[Any] | None
     reused: int
-
-
-@dataclass(frozen=True)
-class Persistence:
-    """Where a model's prefixes are saved at shutdown, and how many bytes of them at most."""
-
-    folder: Path
-    max_bytes: int
+    on_disk: list[str] = field(default_factory=list)  # blocks to read beyond what RAM gave
+    tier: str | None = None  # where the reused state came from: "ram" or "disk" (in part, at least)
 
 
 class PromptCache:
-    def __init__(self, model_key: str, max_bytes: int, persistence: Persistence | None = None):
+    def __init__(self, model_key: str, max_bytes: int, disk: DiskTier | None = None):
         self.model_key = model_key
         self.max_bytes = max_bytes
-        self.persistence = persistence
+        self.disk = disk
+        self.hits = {"ram": 0, "disk": 0}  # requests that reused cached state, by where it came from
         self._lru = LRUPromptCache(max_size=_MAX_ENTRIES, max_bytes=max_bytes)
-        # Every sequence stored, so the longest still present can be found at shutdown.
-        self._stored: dict[tuple[int, ...], None] = {}
 
     @property
     def nbytes(self) -> int:
@@ -59,11 +44,27 @@ class PromptCache:
     def entries(self) -> int:
         return len(self._lru)
 
+    @property
+    def disk_bytes(self) -> int:
+        return self.disk.nbytes if self.disk is not None else 0
+
     def fetch(self, tokens: list[int]) -> CacheHit:
-        """A copy of the KV state of the longest cached prefix of `tokens`; at least one token is left to
-        process, since generation starts from the logits of the last prompt token."""
-        if self.max_bytes == 0:
+        """A copy of the KV state of the longest prefix of `tokens` in RAM, and the blocks on disk that
+        reach further (see `read`); at least one token is left to process, since generation starts from
+        the logits of the last prompt token."""
+        if self.max_bytes == 0:  # the prompt cache is off
             return CacheHit(None, 0)
+        hit = self._fetch_ram(tokens)
+        if self.disk is None or (hit.cache is not None and not _sliceable(hit.cache)):
+            return hit
+        names = self.disk.names(tokens[:-1])
+        kept = hit.reused // BLOCK_TOKENS if hit.cache is not None else 0
+        covered = self.disk.covered(names)
+        if covered * BLOCK_TOKENS <= hit.reused:
+            return hit
+        return replace(hit, on_disk=names[kept:covered])
+
+    def _fetch_ram(self, tokens: list[int]) -> CacheHit:
         cache, rest = self._lru.fetch_nearest_cache(self.model_key, tokens)
         if cache is None:
             return CacheHit(None, 0)
@@ -72,90 +73,116 @@ class PromptCache:
                 return CacheHit(None, 0)
             trim_prompt_cache(cache, 1)
             rest = tokens[-1:]
-        return CacheHit(cache, len(tokens) - len(rest))
+        return CacheHit(cache, len(tokens) - len(rest), tier="ram")
+
+    def read(self, hit: CacheHit) -> Blocks | None:
+        """The disk blocks `hit` names, read from any thread (see `DiskTier.read`)."""
+        assert self.disk is not None
+        return self.disk.read(hit.on_disk)
+
+    def extend(self, hit: CacheHit, blocks: Blocks | None) -> CacheHit:
+        """`hit` with the blocks read from disk after the whole blocks RAM gave; as it was if none read."""
+        import mlx.core as mx
+
+        if blocks is None:
+            return replace(hit, on_disk=[])
+        kept = hit.reused // BLOCK_TOKENS * BLOCK_TOKENS if hit.cache is not None else 0
+        cache = []
+        for layer, (keys, values) in enumerate(blocks.layers):
+            pieces = [_restored(keys, blocks.dtype), _restored(values, blocks.dtype)]
+            if kept:
+                ram = hit.cache[layer]  # type: ignore[index]
+                pieces = [
+                    mx.concatenate([ram.keys[..., :kept, :], pieces[0]], axis=2),
+                    mx.concatenate([ram.values[..., :kept, :], pieces[1]], axis=2),
+                ]
+            restored = KVCache()
+            restored.keys, restored.values, restored.offset = pieces[0], pieces[1], pieces[0].shape[2]
+            cache.append(restored)
+        return CacheHit(cache, kept + blocks.count * BLOCK_TOKENS, tier="disk")
+
+    def counts(self) -> dict[str, int]:
+        """Hits by tier and bytes to and from disk, since the model loaded."""
+        stats = self.disk.stats if self.disk is not None else None
+        return {
+            "ram_hits": self.hits["ram"],
+            "disk_hits": self.hits["disk"],
+            "disk_read_bytes": stats.bytes_read if stats else 0,
+            "disk_written_bytes": stats.bytes_written if stats else 0,
+        }
+
+    def count(self, hit: CacheHit) -> None:
+        """Count a request's hit by its tier."""
+        if hit.tier is not None:
+            self.hits[hit.tier] += 1
 
     def store(self, tokens: list[int], cache: list[Any], kind: str = "assistant") -> None:
+        """Keep the state of `tokens` in RAM, and queue its whole blocks for the disk."""
         if self.max_bytes == 0 or not tokens:
             return
+        if self.disk is not None and _sliceable(cache):
+            self.disk.store(list(tokens), cache)
         self._lru.insert_cache(self.model_key, list(tokens), cache, cache_type=kind)
-        key = tuple(tokens)
-        self._stored.pop(key, None)
-        self._stored[key] = None
-        while len(self._stored) > 4 * _MAX_ENTRIES:  # keys only; the LRU decides what stays cached
-            del self._stored[next(iter(self._stored))]
 
     def shrink_to(self, max_bytes: int) -> None:
         """Evict least-recently-used entries until the cache fits `max_bytes`."""
         self._lru.trim_to(n_bytes=max_bytes)
 
-    def save(self) -> int:
-        """Write the longest cached prefixes to the persistence folder, within its byte cap; returns how
-        many were saved. Never raises: a disk that is full or not writable costs the warm restart only."""
-        if self.persistence is None:
-            return 0
-        folder = self.persistence.folder
-        try:
-            saved = self._save(folder, self.persistence.max_bytes)
-        except Exception as error:
-            log.error("could not save the prompt cache in %s: %s", folder, error)
-            return 0
-        if saved:
-            log.info("saved %d prompt cache prefixes for warm restart in %s", saved, folder)
-        return saved
+    def close(self) -> None:
+        """Finish the disk writes still queued (for a while)."""
+        if self.disk is not None:
+            self.disk.close()
 
-    def _save(self, folder: Path, budget: int) -> int:
-        # Each file is written whole under a temporary name, then renamed over the last shutdown's file of
-        # that name, so a crash at any point leaves only complete files where `restore` looks. They hold
-        # what prompts said, so only the user may read them.
-        partial = folder / ".partial"
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        partial.mkdir(mode=0o700, exist_ok=True)
-        written: set[str] = set()
-        for tokens in sorted(self._stored, key=len, reverse=True):
-            if len(tokens) < MIN_SAVED_TOKENS:
-                break
-            cache, rest = self._lru.fetch_nearest_cache(self.model_key, list(tokens))
-            if cache is None or rest:
-                continue  # evicted since, or folded into a longer entry
-            size = sum(c.nbytes for c in cache)
-            if size > budget:
-                continue
-            name = f"prefix-{len(written)}.safetensors"
-            metadata = {"model_key": self.model_key, "tokens": json.dumps(list(tokens))}
-            save_prompt_cache(str(partial / name), cache, metadata)
-            (partial / name).chmod(0o600)
-            os.replace(partial / name, folder / name)
-            budget -= size
-            written.add(name)
-        for old in folder.glob("*.safetensors"):
-            if old.name not in written:
-                old.unlink()  # the rest of the last shutdown's files
-        return len(written)
 
-    def restore(self) -> int:
-        """Load what `save` wrote for this model; files that are corrupt or for another model are skipped,
-        and so is a folder that cannot be read."""
-        if self.persistence is None:
-            return 0
-        restored = 0
-        try:
-            paths = sorted(self.persistence.folder.glob("*.safetensors"))
-        except OSError as error:
-            log.warning("ignoring saved prompt caches in %s: %s", self.persistence.folder, error)
-            return 0
-        for path in paths:
+class DiskReads:
+    """Disk reads for jobs whose prefix lies on disk, one at a time on a thread of their own, so other
+    sequences go on decoding meanwhile; `wake` is called when one is done."""
+
+    def __init__(self, cache: PromptCache, wake: Any):
+        self._cache, self._wake = cache, wake
+        self._pool: ThreadPoolExecutor | None = None
+        self._reads: list[tuple[Any, float, CacheHit, Future]] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._reads)
+
+    def start(self, job: Any, submitted: float, hit: CacheHit) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kv-disk-reader")
+        future = self._pool.submit(self._cache.read, hit)
+        future.add_done_callback(lambda _: self._wake())
+        self._reads.append((job, submitted, hit, future))
+
+    def done(self) -> list[tuple[Any, float, CacheHit]]:
+        """The jobs whose read finished, each with its hit extended by what was read (a read that failed
+        leaves the hit as RAM gave it: the rest is computed)."""
+        out, waiting = [], []
+        for read in self._reads:
+            (waiting if not read[3].done() else out).append(read)
+        self._reads, finished, out = waiting, out, []
+        for job, submitted, hit, future in finished:
             try:
-                cache, metadata = load_prompt_cache(str(path), return_metadata=True)
-                if metadata.get("model_key") != self.model_key:
-                    raise ValueError("it was saved for a different model")
-                tokens = json.loads(metadata["tokens"])
-                if not isinstance(tokens, list) or not tokens:
-                    raise ValueError("it names no tokens")
-            except Exception as error:  # any unreadable file is skipped, never fatal
-                log.warning("ignoring saved prompt cache %s: %s", path, error)
-                continue
-            self.store(tokens, cache, kind="system")
-            restored += 1
-        if restored:
-            log.info("restored %d prompt cache prefixes from %s", restored, self.persistence.folder)
-        return restored
+                hit = self._cache.extend(hit, future.result())
+            except Exception:
+                log.exception("could not read the prompt cache from disk; computing it instead")
+                hit = replace(hit, on_disk=[])
+            out.append((job, submitted, hit))
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _sliceable(cache: list[Any]) -> bool:
+    """Whether the state slices by position, as the disk tier keeps it: every layer a plain `KVCache`."""
+    return all(type(c) is KVCache for c in cache)
+
+
+def _restored(blocks: list[Any], dtype: str) -> Any:
+    """Blocks read from disk as one MLX array in the cache's dtype."""
+    import mlx.core as mx
+
+    joined = mx.concatenate([mx.array(block) for block in blocks], axis=2)
+    return joined.view(mx.bfloat16) if dtype == str(mx.bfloat16) else joined

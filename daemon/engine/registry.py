@@ -19,6 +19,7 @@ from typing import Any
 
 from daemon.chat.request import ChatRequest
 from daemon.config.units import format_bytes
+from daemon.engine.disk_cache import DiskTier
 from daemon.engine.draft import Draft, VocabularyMismatch, load_draft, prepare_draft
 from daemon.engine.jobs import EngineLimits
 from daemon.engine.memory import NoRoom, Resident, plan_room
@@ -26,7 +27,7 @@ from daemon.engine.model import LoadedModel, PreparedModel, load_weights, prepar
 from daemon.engine.names import ModelNames, NameRule, tier_rules
 from daemon.engine.ondemand import OnDemandEngine
 from daemon.engine.prompt import Prompt, render
-from daemon.engine.prompt_cache import Persistence, PromptCache
+from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.reuse import Part, request_parts
 from daemon.engine.runner import Engine
 from daemon.store.files import (
@@ -67,8 +68,8 @@ class ModelSpec:
 class EngineOptions:
     limits: EngineLimits = field(default_factory=EngineLimits)
     prompt_cache_bytes: int = 0
-    saved_cache_dir: Path | None = None
-    saved_cache_bytes: int = 0
+    disk_cache_dir: Path | None = None
+    disk_cache_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class ModelStatus:
     ttl: float  # 0: never unloaded for idleness
     weight_bytes: int
     cache_bytes: int
+    disk_cache_bytes: int
+    cache_counts: dict[str, int]  # `PromptCache.counts`: hits by tier, bytes to and from disk
     idle_seconds: float | None  # None while a request is in flight or when unloaded
     active_sequences: int
     queued: int
@@ -247,6 +250,8 @@ class ModelRegistry:
             ttl=self.ttl(served),
             weight_bytes=engine.weight_bytes,
             cache_bytes=engine.cache.nbytes,
+            disk_cache_bytes=engine.cache.disk_bytes,
+            cache_counts=engine.cache.counts(),
             idle_seconds=engine.idle_seconds() if engine.resident else None,
             active_sequences=engine.active_sequences,
             queued=engine.queued,
@@ -362,10 +367,10 @@ class ModelRegistry:
 
     def _prompt_cache(self, fingerprint: str) -> PromptCache:
         options = self.options
-        persistence = None
-        if options.saved_cache_dir is not None and options.saved_cache_bytes > 0:
-            persistence = Persistence(options.saved_cache_dir / fingerprint, options.saved_cache_bytes)
-        return PromptCache(fingerprint, options.prompt_cache_bytes, persistence)
+        disk = None
+        if options.disk_cache_dir is not None and options.disk_cache_bytes and options.prompt_cache_bytes:
+            disk = DiskTier(options.disk_cache_dir / fingerprint, options.disk_cache_bytes, fingerprint)
+        return PromptCache(fingerprint, options.prompt_cache_bytes, disk)
 
     def _reap(self) -> None:
         """Schedule the unload of each model idle past its TTL (one at a time per model)."""

@@ -27,7 +27,7 @@ from daemon.engine.guards import GuardedProcessor, guard_sampler, reset_random_s
 from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
 from daemon.engine.lookup import PromptLookup
 from daemon.engine.model import LoadedModel
-from daemon.engine.prompt_cache import PromptCache
+from daemon.engine.prompt_cache import CacheHit, DiskReads, PromptCache
 from daemon.engine.reuse import ReuseMonitor
 from daemon.engine.speculation import Proposer, Speculation
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _STOP = object()
 _ENDED = object()
+_READ = object()  # a disk read finished
 SHUTTING_DOWN = "the server is shutting down; retry shortly"
 ENGINE_STOPPED = "the model's engine stopped after an internal error; retry to load it again"
 STEP_FAILED = "generation failed inside the engine; see the server log"
@@ -78,6 +79,7 @@ class Engine:
         self._closed = False
         self._close_lock = threading.Lock()
         self._reuse = ReuseMonitor()
+        self._reads = DiskReads(cache, lambda: self._inbox.put(_READ))
         self._vocab_size = getattr(getattr(loaded.model, "args", None), "vocab_size", None)
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
@@ -138,15 +140,17 @@ class Engine:
     def _serve(self, stream) -> None:
         """Admit, step and retire jobs until told to stop."""
         batch = self._new_batch(stream)
-        self.cache.restore()
         while True:
             incoming = self._take_inbox(block=not self._running)
             if _STOP in incoming:
                 batch.close()
-                self.cache.save()
+                self._reads.close()
+                self.cache.close()
                 return  # `_run` ends every job still here
-            for job, submitted in incoming:
+            for job, submitted in (item for item in incoming if item is not _READ):
                 self._admit(batch, job, submitted)
+            for job, submitted, hit in self._reads.done():
+                self._admit(batch, job, submitted, hit)
             try:
                 self._step(batch)
             except Exception:
@@ -178,23 +182,29 @@ class Engine:
         except queue.Empty:
             return items
 
-    def _admit(self, batch, job: GenerationJob, submitted: float) -> None:
-        """Start the job's generation, or end it at once: cancelled, or failed while starting."""
+    def _admit(self, batch, job: GenerationJob, submitted: float, hit: CacheHit | None = None) -> None:
+        """Start the job's generation (once its prefix is read, when it lies on disk), or end it at once:
+        cancelled, or failed while starting."""
         if job.cancelled:
             self._end(job, None)
             return
         label = current_request.set(job.label)  # lines logged meanwhile name the request
         try:
-            self._insert(batch, job, submitted)
+            self._insert(batch, job, submitted, hit)
         except Exception:
             log.exception("could not start generating")
             self._end(job, Failed(REQUEST_FAILED))
         finally:
             current_request.reset(label)
 
-    def _insert(self, batch, job: GenerationJob, submitted: float) -> None:
+    def _insert(self, batch, job: GenerationJob, submitted: float, hit: CacheHit | None) -> None:
         prompt = job.prompt
-        hit = self.cache.fetch(prompt.tokens)
+        if hit is None:
+            hit = self.cache.fetch(prompt.tokens)
+            if hit.on_disk:
+                self._reads.start(job, submitted, hit)
+                return
+        self.cache.count(hit)
         self._reuse.check(job.parts, hit.reused, len(prompt.tokens))
         # The shared prefix (system prompt and tools) becomes its own segment when it is not cached yet, so
         # that its KV state is stored as soon as it is computed, for concurrent requests that share it.

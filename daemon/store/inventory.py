@@ -12,7 +12,14 @@ from pathlib import Path
 from daemon.config.model_tables import is_repo_id
 from daemon.config.settings import Settings, data_dir
 from daemon.engine.demo_model import ensure_demo_model
-from daemon.store.files import WEIGHT_FILES, context_length_of, download_patterns, local_path, weight_bytes
+from daemon.store.files import (
+    WEIGHT_FILES,
+    context_length_of,
+    download_patterns,
+    kv_bytes_per_token,
+    local_path,
+    weight_bytes,
+)
 
 
 class ModelStoreError(Exception):
@@ -48,6 +55,7 @@ class ModelFacts:
     quantization: str
     context_length: int
     weight_bytes: int
+    kv_bytes_per_token: int | None  # in a plain attention cache; None: not stated by the config
     tool_parser: str | None  # the format mlx-lm parses tool calls in; None: no tool calling
     thinking: tuple[str, str] | None  # the tokens around reasoning; None: no thinking
     chat_template: bool
@@ -189,6 +197,7 @@ def describe(source: str) -> ModelFacts:
         quantization=_quantization(config),
         context_length=context_length_of(config),
         weight_bytes=weight_bytes(path),
+        kv_bytes_per_token=kv_bytes_per_token(config),
         tool_parser=parser.__module__.rsplit(".", 1)[-1] if tokenizer.has_tool_calling and parser else None,
         thinking=(tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None,
         chat_template=bool(tokenizer.has_chat_template),
