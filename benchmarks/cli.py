@@ -60,6 +60,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="run the speculative-decoding benchmark instead (--speculative --help: its options)",
     )
+    cli.add_argument(
+        "--cache-tiers",
+        action="store_true",
+        help="time to first token from a cold, RAM and disk prefix (--cache-tiers --help: its options)",
+    )
     return cli
 
 
@@ -69,6 +74,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         from benchmarks import soak
 
         return soak.main([arg for arg in argv if arg != "--soak"], prog=f"{prog} --soak")
+    if "--cache-tiers" in argv:
+        from benchmarks import cache_tiers
+
+        return cache_tiers.main([arg for arg in argv if arg != "--cache-tiers"], prog=f"{prog} --cache-tiers")
     for flag in ("--constrained", "--speculative"):
         if flag in argv:
             return _checkout_benchmark(flag, [arg for arg in argv if arg != flag], prog)

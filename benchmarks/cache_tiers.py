@@ -1,0 +1,174 @@
+"""The prompt cache's tiers, measured: time to first token of a Claude Code-shaped prompt whose prefix is
+cold (computed), in RAM, or on disk (after a restart, with RAM empty), at a few prefix sizes, on one mlxd
+and the same model; with the KV bytes per token the disk holds. `python -m benchmarks.cache_tiers`, or
+`mlxd bench --cache-tiers`; `--smoke` checks it runs. Writes cache_tiers.json and cache_tiers.md.
+
+Each size's prompts are new to the cache (a seed of their own). The RAM hit is the same prompt sent again;
+the disk hit is the same prompt once more after a SIGTERM (which lets queued writes finish) and a restart,
+the model loaded by a small request first, so its time is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from benchmarks import servers
+from benchmarks.client import BenchError, Endpoint, StreamResult
+from benchmarks.machine import describe, label
+from benchmarks.models import SHAPES, default_shape, ensure_model
+from benchmarks.plan import PLANS
+from benchmarks.prompts import Conversation, PromptBuilder
+from benchmarks.report import fmt, write_run
+from daemon.config.settings import data_dir
+from daemon.engine.disk_cache import BLOCK_TOKENS, SUFFIX
+
+TARGET = 0.15  # the issue's: a disk hit's time to first token at most this share of a cold prompt's
+
+
+def parser(prog: str) -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    cli.add_argument("--smoke", action="store_true", help="the tiny shape, one small size: checks it runs")
+    cli.add_argument("--sizes", type=int, nargs="+", help="prefix sizes in tokens [2048 8192]")
+    cli.add_argument("--repeats", type=int, default=3, help="prompts per size [3]")
+    cli.add_argument("--shape", help="the model shape [the suite's default]")
+    cli.add_argument("--out", type=Path, help="results folder [benchmarks/results/cache-tiers-<timestamp>]")
+    cli.add_argument("--models-dir", type=Path, help="where generated models are cached")
+    return cli
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.cache_tiers") -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(prog).parse_args(argv)
+    shape, dtype = ("tiny", "bf16") if args.smoke else (args.shape, "bf16") if args.shape else default_shape()
+    sizes = args.sizes or ([512] if args.smoke else [2048, 8192])
+    repeats = 1 if args.smoke else args.repeats
+    out = args.out or Path("benchmarks/results") / datetime.now().strftime("cache-tiers-%Y%m%d-%H%M%S")
+    model = ensure_model(SHAPES[shape], dtype, args.models_dir or data_dir() / "bench-models")
+    started = datetime.now(UTC)
+    try:
+        rows = measure(model, sizes, repeats, out)
+    except BenchError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 1
+    results = {
+        "meta": {
+            "started": started.isoformat(timespec="seconds"),
+            "command": " ".join([prog, *argv]),
+            "machine": describe(),
+            "model": f"{shape} {dtype}",
+            "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+        },
+        "rows": rows,
+    }
+    written = write_run(out, "cache_tiers", results, markdown(results))
+    print((out / "cache_tiers.md").read_text())
+    print("wrote " + ", ".join(str(path) for path in written))
+    return 0
+
+
+def measure(model: Path, sizes: list[int], repeats: int, out: Path) -> list[dict[str, Any]]:
+    from mlx_lm.utils import load_tokenizer
+
+    builder = PromptBuilder(load_tokenizer(model))
+    prompts = {
+        size: [builder.session(size, f"tiers-{size}-{k}").turn(1, 0) for k in range(repeats)]
+        for size in sizes
+    }
+    plan = PLANS["full"]
+    home = out / "mlxd"
+    settings = {"MLXD_SPECULATIVE": "off", "MLXD_PROMPT_CACHE_BYTES": str(8 * 2**30)}
+    cold: dict[int, list[StreamResult]] = {size: [] for size in sizes}
+    ram: dict[int, list[StreamResult]] = {size: [] for size in sizes}
+    with servers.mlxd(model, "bench", plan, home, settings) as server, server.endpoint.client() as client:
+        for size in sizes:
+            for conversation in prompts[size]:
+                cold[size].append(_first_token(server.endpoint, client, conversation))
+                ram[size].append(_first_token(server.endpoint, client, conversation))
+        _settled(client, "mlxd_prompt_cache_disk_bytes")
+    block = next((home / "data" / "prompt-cache").rglob(f"*{SUFFIX}"), None)
+    disk: dict[int, list[StreamResult]] = {size: [] for size in sizes}
+    with servers.mlxd(model, "bench", plan, home, settings) as server, server.endpoint.client() as client:
+        _first_token(server.endpoint, client, Conversation([{"role": "user", "content": "Hello."}]))
+        for size in sizes:
+            for conversation in prompts[size]:
+                disk[size].append(_first_token(server.endpoint, client, conversation))
+        read = _metric(client, 'mlxd_prompt_cache_disk_io_bytes_total{direction="read"')
+    rows = []
+    for size in sizes:
+        row = {
+            "prefix_tokens": statistics.median(result.prompt_tokens for result in cold[size]),
+            **{
+                f"{tier}_ttft_s": statistics.median(result.ttft for result in results[size])
+                for tier, results in (("cold", cold), ("ram", ram), ("disk", disk))
+            },
+            **{
+                f"{tier}_cached": statistics.median(result.cached_tokens for result in results[size])
+                for tier, results in (("ram", ram), ("disk", disk))
+            },
+        }
+        row["ram_vs_cold"] = row["ram_ttft_s"] / row["cold_ttft_s"]
+        row["disk_vs_cold"] = row["disk_ttft_s"] / row["cold_ttft_s"]
+        rows.append(row)
+    rows[-1]["disk_bytes_per_token"] = block.stat().st_size / BLOCK_TOKENS if block else None
+    rows[-1]["disk_bytes_read"] = read
+    return rows
+
+
+def _first_token(endpoint: Endpoint, client: httpx.Client, conversation: Conversation) -> StreamResult:
+    return endpoint.stream(client, conversation, max_tokens=1)
+
+
+def _metric(client: httpx.Client, prefix: str) -> float:
+    text = client.get("/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
+def _settled(client: httpx.Client, name: str, quiet_s: float = 2.0, timeout_s: float = 600) -> float:
+    """The metric once it has stopped changing for `quiet_s` (the disk writes are done)."""
+    deadline, last, since = time.monotonic() + timeout_s, -1.0, time.monotonic()
+    while time.monotonic() < deadline:
+        value = _metric(client, name)
+        if value != last:
+            last, since = value, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return value
+        time.sleep(0.2)
+    raise BenchError(f"{name} was still changing after {timeout_s}s")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta, rows = results["meta"], results["rows"]
+    lines = [
+        f"# Prompt cache tiers: {meta['model']} on {label(meta['machine'])}",
+        "",
+        "| prefix tokens | cold TTFT | RAM hit | disk hit | RAM / cold | disk / cold | cached from disk |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['prefix_tokens']:.0f} | {fmt(row['cold_ttft_s'], 's')} | {fmt(row['ram_ttft_s'], 's')} "
+            f"| {fmt(row['disk_ttft_s'], 's')} | {row['ram_vs_cold']:.3f}x | {row['disk_vs_cold']:.3f}x "
+            f"| {row['disk_cached']:.0f} |"
+        )
+    last = rows[-1]
+    verdict = "met" if last["disk_vs_cold"] <= TARGET else "not met"
+    lines += [
+        "",
+        f"Target: a disk hit at most {TARGET}x of cold at the largest prefix: {verdict} "
+        f"({last['disk_vs_cold']:.3f}x). The disk holds {fmt(last['disk_bytes_per_token'], ' B')} of KV "
+        f"state per token; the disk hits read {fmt(last['disk_bytes_read'] / 2**20, ' MiB')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
