@@ -1,7 +1,9 @@
-"""The prompt cache's tiers, measured: time to first token of a Claude Code-shaped prompt whose prefix is
-cold (computed), in RAM, or on disk (after a restart, with RAM empty), at a few prefix sizes, on one mlxd
-and the same model; with the KV bytes per token the disk holds. `python -m benchmarks.cache_tiers`, or
-`mlxd bench --cache-tiers`; `--smoke` checks it runs. Writes cache_tiers.json and cache_tiers.md.
+"""The prompt cache's tiers and KV settings, measured: time to first token of a Claude Code-shaped prompt
+whose prefix is cold (computed), in RAM, or on disk (after a restart, with RAM empty), at a few prefix
+sizes, on one mlxd and the same model; then, at each KV setting (the model's precision, `kv_bits` 8 and 4),
+the KV bytes per token the disk holds and decode tok/s against full precision. `python -m
+benchmarks.cache_tiers`, or `mlxd bench --cache-tiers`; `--smoke` checks it runs. Writes cache_tiers.json
+and cache_tiers.md.
 
 Each size's prompts are new to the cache (a seed of their own). The RAM hit is the same prompt sent again;
 the disk hit is the same prompt once more after a SIGTERM (which lets queued writes finish) and a restart,
@@ -39,7 +41,7 @@ TARGET = 0.15  # the issue's: a disk hit's time to first token at most this shar
 
 def parser(prog: str) -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
-    cli.add_argument("--smoke", action="store_true", help="the tiny shape, one small size: checks it runs")
+    cli.add_argument("--smoke", action="store_true", help="qwen3-mini, one small size: checks it runs")
     cli.add_argument("--sizes", type=int, nargs="+", help="prefix sizes in tokens [2048 8192]")
     cli.add_argument("--repeats", type=int, default=3, help="prompts per size [3]")
     cli.add_argument("--shape", help="the model shape [the suite's default]")
@@ -51,7 +53,9 @@ def parser(prog: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.cache_tiers") -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser(prog).parse_args(argv)
-    shape, dtype = ("tiny", "bf16") if args.smoke else (args.shape, "bf16") if args.shape else default_shape()
+    shape, dtype = (
+        ("qwen3-mini", "bf16") if args.smoke else (args.shape, "bf16") if args.shape else default_shape()
+    )
     sizes = args.sizes or ([512] if args.smoke else [2048, 8192])
     repeats = 1 if args.smoke else args.repeats
     out = args.out or Path("benchmarks/results") / datetime.now().strftime("cache-tiers-%Y%m%d-%H%M%S")
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.cache_
         },
         "rows": rows,
         "tier_rates": tier_rates(out / "rates"),
+        "kv_settings": kv_settings(model, 1 if args.smoke else repeats, out / "kv"),
     }
     written = write_run(out, "cache_tiers", results, markdown(results))
     print((out / "cache_tiers.md").read_text())
@@ -124,6 +129,42 @@ def measure(model: Path, sizes: list[int], repeats: int, out: Path) -> list[dict
         rows.append(row)
     rows[-1]["disk_bytes_per_token"] = block.stat().st_size / BLOCK_TOKENS if block else None
     rows[-1]["disk_bytes_read"] = read
+    return rows
+
+
+def kv_settings(model: Path, repeats: int, out: Path) -> list[dict[str, Any]]:
+    """Per KV setting, on its own mlxd: the bytes per token of its blocks on disk, and the decode rate the
+    server logged for a 1k-token prompt and 128 tokens out, against full precision's."""
+    from mlx_lm.utils import load_tokenizer
+
+    from benchmarks import serverlog
+
+    builder = PromptBuilder(load_tokenizer(model))
+    rows = []
+    for bits in (0, 8, 4):
+        home = out / f"kv{bits}"
+        settings = {"MLXD_SPECULATIVE": "off", "MLXD_KV_BITS": str(bits)}
+        with (
+            servers.mlxd(model, "bench", PLANS["full"], home, settings) as server,
+            server.endpoint.client() as client,
+        ):
+            sent = [
+                server.endpoint.stream(client, builder.user_prompt(1024, f"kv-{bits}-{k}"), max_tokens=128)
+                for k in range(repeats)
+            ]
+            _settled(client, "mlxd_prompt_cache_disk_bytes")
+            served = serverlog.read(server.log_path, [result.request_id or "" for result in sent])
+        block = next((home / "data" / "prompt-cache").rglob(f"*{SUFFIX}"), None)
+        rows.append(
+            {
+                "kv_bits": bits,
+                "bytes_per_token": block.stat().st_size / BLOCK_TOKENS if block else None,
+                "decode_tps": statistics.median(line.decode_tps for line in served.values()),
+            }
+        )
+    for row in rows:
+        row["bytes_vs_full"] = row["bytes_per_token"] / rows[0]["bytes_per_token"]
+        row["decode_vs_full"] = row["decode_tps"] / rows[0]["decode_tps"]
     return rows
 
 
@@ -205,7 +246,16 @@ def markdown(results: dict[str, Any]) -> str:
         f"size): writes {rates['write_mb_s']:.0f} MB/s, reads {rates['read_mb_s']:.0f} MB/s (checksums "
         "included; the reads may come from the OS's page cache).",
         "",
+        "| KV cache | bytes per token | of full precision | decode tok/s | of full precision |",
+        "|---|---|---|---|---|",
     ]
+    for row in results["kv_settings"]:
+        setting = f"kv_bits {row['kv_bits']}" if row["kv_bits"] else "full precision"
+        lines.append(
+            f"| {setting} | {row['bytes_per_token']:.0f} | {row['bytes_vs_full']:.3f}x "
+            f"| {row['decode_tps']:.0f} | {row['decode_vs_full']:.3f}x |"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -108,6 +108,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
             ttl=m.ttl,
             constrained=settings.constrained_decoding,
             **_speculation(settings.speculation_of(m)),
+            kv=settings.kv_of(m),
         )
         for m in settings.served_models()
     ]
@@ -120,6 +121,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
                 context_length=settings.context_length,
                 constrained=settings.constrained_decoding,
                 **_speculation(settings.speculation_of(None)),
+                kv=settings.kv_of(None),
             )
         ]
         log.warning(DEMO_WARNING.format(config=default_config_path()))

@@ -124,8 +124,12 @@ def test_cache_tiers_smoke_run_writes_its_report(tmp_path: Path) -> None:
     out = tmp_path / "tiers"
     assert main(["--cache-tiers", "--smoke", "--models-dir", str(MODELS), "--out", str(out)]) == 0
 
-    [row] = json.loads((out / "cache_tiers.json").read_text())["rows"]
+    results = json.loads((out / "cache_tiers.json").read_text())
+    [row] = results["rows"]
     assert all(is_number(row[f"{tier}_ttft_s"]) for tier in ("cold", "ram", "disk"))
     assert row["disk_cached"] >= 256 and row["ram_cached"] >= row["disk_cached"]
     assert row["disk_bytes_read"] > 0 and row["disk_bytes_per_token"] > 0
     assert "| disk / cold |" in (out / "cache_tiers.md").read_text()
+    kv = {row["kv_bits"]: row for row in results["kv_settings"]}
+    assert set(kv) == {0, 8, 4} and all(is_number(row["decode_tps"]) for row in kv.values())
+    assert kv[4]["bytes_per_token"] < kv[8]["bytes_per_token"] < kv[0]["bytes_per_token"]

@@ -94,7 +94,7 @@ def test_model_facts() -> None:
         quantization="4-bit, group size 64, affine",
         context_length=32768,
         weight_bytes=5 * MiB,
-        kv_bytes_per_token=98304,
+        kv_bytes_per_token=(98304, 52224, 27648),
         tool_parser="json_tools",
         thinking=("<think>", "</think>"),
         chat_template=True,
@@ -106,7 +106,7 @@ def test_model_facts() -> None:
         "quantization:  4-bit, group size 64, affine",
         "context:       32768 tokens",
         "size:          5.0 MiB",
-        "KV cache:      96.0 KiB per token; 100k tokens take 9.2 GiB",
+        "KV cache:      96.0 KiB per token (kv_bits 8: 51.0 KiB, 4: 27.0 KiB); 100k tokens take 9.2 GiB",
         "tool calls:    yes (json_tools format)",
         "thinking:      yes (<think> … </think>)",
         "chat template: yes",
@@ -156,4 +156,7 @@ def test_kv_bytes_per_token_follow_the_attentions_shape() -> None:
     plain = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64, "torch_dtype": "float32"}
     assert kv_bytes_per_token(plain) == 2 * 2 * 4 * 16 * 4
     assert kv_bytes_per_token({"text_config": coder, "vision_config": {}}) == 98304
+    # 8 bits: a byte per value and a bfloat16 scale and bias per 64 values; 4 bits: half a byte per value.
+    assert kv_bytes_per_token(coder, 8) == 2 * 48 * 4 * (128 + 2 * 2 * 2) == 52224
+    assert kv_bytes_per_token(coder, 4, 32) == 2 * 48 * 4 * (64 + 4 * 2 * 2)
     assert kv_bytes_per_token({"model_type": "mamba"}) is None

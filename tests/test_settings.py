@@ -103,3 +103,23 @@ def test_a_draft_without_its_model_and_unknown_modes_are_refused(tmp_path: Path)
     with pytest.raises(SettingsError, match="num_draft_tokens"):
         load_settings({}, {**env, "MLXD_NUM_DRAFT_TOKENS": "0"})
     assert load_settings({}, {**env, "MLXD_SPECULATIVE": "draft", "MLXD_DRAFT_MODEL": "o/small"}).draft_model
+
+
+def test_kv_quantization_is_set_per_model_and_refused_outside_its_values(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    tables = '[[models]]\nname = "a"\nsource = "o/a"\nkv_bits = 0\n\n'
+    tables += '[[models]]\nname = "b"\nsource = "o/b"\nkv_group_size = 128\n\n'
+    tables += '[[models]]\nname = "c"\nsource = "o/c"\nkv_bits = 4\n'
+    config.write_text(f"kv_bits = 8\n{tables}")
+    settings = load_settings({"config": str(config)}, {"MLXD_CONFIG_DIR": str(tmp_path)})
+    assert [settings.kv_of(model) for model in settings.served_models()] == [
+        (0, 64),  # its own 0 wins over the top-level 8
+        (8, 128),
+        (4, 64),
+    ]
+    env = {"MLXD_CONFIG_DIR": str(tmp_path)}
+    assert load_settings({}, {**env, "MLXD_KV_BITS": "4"}).kv_of(None) == (4, 64)
+    with pytest.raises(SettingsError, match="kv_bits: must be one of 0, 4, 8"):
+        load_settings({}, {**env, "MLXD_KV_BITS": "6"})
+    with pytest.raises(SettingsError, match="kv_group_size: must be one of 32, 64, 128"):
+        load_settings({}, {**env, "MLXD_KV_GROUP_SIZE": "16"})

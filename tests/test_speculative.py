@@ -77,10 +77,11 @@ def generate(
     stop: list[int] | None = None,
     processors=None,
     draft: Draft | None = None,
+    kv: tuple[int, int] = (0, 64),
 ) -> tuple[list[list[int]], list[Speculation]]:
     """Every sequence's output tokens, run together to their ends, and their speculation counts; proposals
-    from prompt lookup, or from `draft`."""
-    options = {"cost": FreeSteps()} if engine is Generator else {}
+    from prompt lookup, or from `draft`; `kv`: the Generator's KV cache setting."""
+    options = {"cost": FreeSteps(), "kv": kv} if engine is Generator else {}
     generator = engine(
         model,
         **options,

@@ -42,10 +42,10 @@ def describe(model_id: str, served: ServedModel) -> dict:
     }
     if (context := served.context_length()) is not None:
         entry["context_length"] = context
-    if (path := local_path(served.spec.source)) is not None and (
-        per_token := stated_kv_bytes_per_token(path)
-    ):
-        entry["kv_bytes_per_token"] = per_token
+    spec = served.spec
+    path = local_path(spec.source)
+    if path and (per_token := stated_kv_bytes_per_token(path, *spec.kv)):
+        entry["kv_bytes_per_token"] = per_token  # at the model's `kv_bits`
     return entry
 
 

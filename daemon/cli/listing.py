@@ -115,10 +115,14 @@ def facts_lines(facts: ModelFacts) -> list[str]:
     return [f"{label + ':':<15}{value}" for label, value in labelled]
 
 
-def _kv_line(per_token: int | None) -> str:
+def _kv_line(per_token: tuple[int, int, int] | None) -> str:
     if per_token is None:
         return "unknown (the config does not state the attention's shape)"
-    return f"{format_bytes(per_token)} per token; 100k tokens take {format_bytes(per_token * 100_000)}"
+    full, eight, four = per_token
+    return (
+        f"{format_bytes(full)} per token (kv_bits 8: {format_bytes(eight)}, 4: {format_bytes(four)}); "
+        f"100k tokens take {format_bytes(full * 100_000)}"
+    )
 
 
 def _loaded_size(model: dict[str, Any], key: str) -> str:

@@ -7,9 +7,9 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from daemon.chat.request import SAMPLING_FIELDS
 
@@ -25,6 +25,22 @@ class SettingsError(Exception):
 
 Speculative = Literal["prompt-lookup", "draft", "off"]
 MAX_DRAFT_TOKENS = 64
+
+
+def _one_of(*allowed: int) -> AfterValidator:
+    """An integer that must be one of `allowed` (numbers from the environment arrive as text, which an
+    integer field converts and a `Literal` would refuse)."""
+
+    def check(value: int) -> int:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(str, allowed))}")
+        return value
+
+    return AfterValidator(check)
+
+
+KVBits = Annotated[int, _one_of(0, 4, 8)]  # bits of a quantized KV cache; 0: the model's own precision
+KVGroupSize = Annotated[int, _one_of(32, 64, 128)]  # values sharing one scale and bias, along a head
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,8 @@ class ModelConfig(BaseModel):
     speculative: Speculative | None = None  # None: the top-level `speculative`
     draft_model: str | None = Field(None, min_length=1)  # for "draft": its folder or repo id; None: top-level
     num_draft_tokens: int | None = Field(None, ge=1, le=MAX_DRAFT_TOKENS)  # None: the top-level one
+    kv_bits: KVBits | None = None  # None: the top-level `kv_bits`
+    kv_group_size: KVGroupSize | None = None  # None: the top-level one
 
     @property
     def sampling(self) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.config.model_tables import (
     MAX_DRAFT_TOKENS,
+    KVBits,
+    KVGroupSize,
     ModelConfig,
     ModelRule,
     SettingsError,
@@ -81,6 +83,8 @@ class Settings(BaseModel):
     speculative: Speculative = "prompt-lookup"  # how models propose tokens to verify; per model in [[models]]
     draft_model: str | None = Field(None, min_length=1)  # the draft of models that set none of their own
     num_draft_tokens: int = Field(8, ge=1, le=MAX_DRAFT_TOKENS)  # the longest proposal
+    kv_bits: KVBits = 0  # a quantized KV cache (4 or 8 bits), for models that set none; 0: full precision
+    kv_group_size: KVGroupSize = 64
     models: tuple[ModelConfig, ...] = ()
     model_rules: tuple[ModelRule, ...] = ()
     small_model: str | None = None
@@ -189,6 +193,11 @@ class Settings(BaseModel):
             (model and model.draft_model) or self.draft_model,
             (model and model.num_draft_tokens) or self.num_draft_tokens,
         )
+
+    def kv_of(self, model: ModelConfig | None) -> tuple[int, int]:
+        """`model`'s KV cache (bits, group size): its own, else the top-level one (None: the demo model's)."""
+        bits = model.kv_bits if model and model.kv_bits is not None else self.kv_bits
+        return bits, (model and model.kv_group_size) or self.kv_group_size
 
     def check_sources(self) -> None:
         """Refuse to serve a model whose local folder is missing (see `ModelConfig.check_source`)."""

@@ -21,8 +21,9 @@ from typing import Any
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator, GenerationBatch, _merge_caches
-from mlx_lm.models.cache import BatchKVCache, KVCache, dynamic_roll
+from mlx_lm.models.cache import BatchKVCache, KVCache, QuantizedKVCache, dynamic_roll, make_prompt_cache
 
+from daemon.engine.quantized_cache import quantized
 from daemon.engine.speculation import Speculation, verify
 from daemon.engine.step_cost import StepCost
 
@@ -95,9 +96,10 @@ class DecodeBatch(GenerationBatch):
             self._alone = False
 
     def _plain_attention(self) -> bool:
-        """Every layer's cache is plain attention's, which can be split off, merged and trimmed freely."""
+        """Every layer's cache is plain attention's (quantized or not), which can be split off, merged and
+        trimmed freely."""
         return bool(self.prompt_cache) and all(
-            isinstance(layer, (BatchKVCache, KVCache)) for layer in self.prompt_cache
+            isinstance(layer, (BatchKVCache, KVCache, QuantizedKVCache)) for layer in self.prompt_cache
         )
 
     # -- stepping ---------------------------------------------------------------------------------------
@@ -199,8 +201,13 @@ class DecodeBatch(GenerationBatch):
         shifts = mx.array(refused)
         for layer in self.prompt_cache:  # BatchKVCache: a lone row refuses nothing the trim left
             end = layer._idx
-            layer.keys = dynamic_roll(layer.keys[..., :end, :], shifts[:, None], axis=2)
-            layer.values = dynamic_roll(layer.values[..., :end, :], shifts[:, None], axis=2)
+
+            def roll(x: mx.array, end: int = end) -> mx.array:
+                return dynamic_roll(x[..., :end, :], shifts[:, None], axis=2)
+
+            quantized_layer = isinstance(layer.keys, tuple)  # BatchQuantizedKVCache: its triples
+            layer.keys = tuple(map(roll, layer.keys)) if quantized_layer else roll(layer.keys)
+            layer.values = tuple(map(roll, layer.values)) if quantized_layer else roll(layer.values)
             layer.left_padding = layer.left_padding + shifts
             layer.offset = layer.offset - shifts
 
@@ -299,12 +306,26 @@ class DecodeBatch(GenerationBatch):
 class Generator(BatchGenerator):
     """mlx-lm's continuous batch over `DecodeBatch`."""
 
-    def __init__(self, model: Any, cost: StepCost | None = None, **kwargs: Any):
-        """`cost`: what decides how wide verification steps are (by default measured as the engine runs)."""
+    def __init__(
+        self, model: Any, cost: StepCost | None = None, kv: tuple[int, int] = (0, 64), **kwargs: Any
+    ):
+        """`cost`: what decides how wide verification steps are (by default measured as the engine runs);
+        `kv`: the KV cache's bits (0: the model's own precision) and group size."""
         super().__init__(model, **kwargs)
         self._generation_batch = DecodeBatch.empty(self.model, self.sampler)
+        self.kv = kv
         if cost is not None:
             self._generation_batch.cost = cost
+
+    def insert_segments(self, segments, max_tokens=None, caches=None, *args: Any, **kwargs: Any):
+        """mlx-lm's, with a quantized cache for each sequence that brings none, when `kv` asks for one."""
+        bits, group_size = self.kv
+        if bits:
+            fresh = (quantized(make_prompt_cache(self.model), group_size, bits) for _ in segments)
+            caches = [
+                cache if cache is not None else next(fresh) for cache in caches or [None] * len(segments)
+            ]
+        return super().insert_segments(segments, max_tokens, caches, *args, **kwargs)
 
     def _next(self):
         self._generation_batch.prefilling = bool(self._unprocessed_sequences) or len(self._prompt_batch) > 0

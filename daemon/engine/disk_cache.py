@@ -13,9 +13,9 @@ so one file serves every prompt that begins with those tokens.
 - A folder that cannot be made, or a write that fails (a full disk), leaves the prompt cache RAM-only with
   a warning.
 
-Only models whose every layer keeps mlx-lm's plain `KVCache` have a disk tier: their state slices by
-position. The engine thread makes the slices (MLX work stays on its thread); the writer only copies
-evaluated buffers to files.
+Only models whose every layer keeps a plain KV cache (mlx-lm's `KVCache`, or mlxd's quantized one) have a
+disk tier: their state slices by position. The engine thread makes the slices (MLX work stays on its
+thread); the writer only copies evaluated buffers to files.
 """
 
 from __future__ import annotations
@@ -52,11 +52,13 @@ class DiskStats:
 
 @dataclass(frozen=True)
 class Blocks:
-    """KV state read from disk: per layer, (keys, values) as numpy arrays, for `count` blocks."""
+    """KV state read from disk, `count` blocks: each array's blocks in order, as numpy arrays, named
+    `k<layer>.<part>` and `v<layer>.<part>` (one part for a plain cache, three for a quantized one: data,
+    scales, biases); bfloat16 arrays come as their 16-bit patterns."""
 
-    layers: list[tuple[Any, Any]]
+    arrays: dict[str, list[Any]]
     count: int
-    dtype: str
+    quantized: tuple[int, int] | None  # (bits, group size) of a quantized cache; None: a plain one
 
 
 class DiskTier:
@@ -111,18 +113,20 @@ class DiskTier:
             start, end = i * BLOCK_TOKENS, (i + 1) * BLOCK_TOKENS
             arrays = {}
             for layer, c in enumerate(cache):
-                arrays[f"k{layer}"] = _raw(c.keys[..., start:end, :])
-                arrays[f"v{layer}"] = _raw(c.values[..., start:end, :])
+                for side, state in (("k", c.keys), ("v", c.values)):
+                    for part, array in enumerate(state if isinstance(state, tuple) else (state,)):
+                        arrays[f"{side}{layer}.{part}"] = _raw(array[..., start:end, :])
             mx.eval(list(arrays.values()))
-            self._queue.put((name, arrays, str(cache[0].keys.dtype)))
+            bits = getattr(cache[0], "bits", None)
+            self._queue.put((name, arrays, f"{bits}/{cache[0].group_size}" if bits else ""))
 
     def read(self, names: list[str]) -> Blocks | None:
         """The blocks named, in order, as far as they read whole (a block that does not is removed, and the
         rest is left to compute); None when not even the first does. Safe from any thread."""
         from safetensors import safe_open
 
-        layers: list[tuple[list[Any], list[Any]]] = []
-        dtype, count = "", 0
+        arrays: dict[str, list[Any]] = {}
+        quantized, count = "", 0
         for name in names:
             path = self.folder / name
             try:
@@ -134,19 +138,16 @@ class DiskTier:
             except Exception as error:  # a file that does not read whole is never used
                 self._drop(name, f"skipping prompt cache block {path}: {error}")
                 break
-            layer_count = len(tensors) // 2
-            if not layers:
-                layers = [([], []) for _ in range(layer_count)]
-                dtype = meta["dtype"]
-            for layer in range(layer_count):
-                layers[layer][0].append(tensors[f"k{layer}"])
-                layers[layer][1].append(tensors[f"v{layer}"])
+            quantized = meta.get("quantized", "")
+            for key, tensor in tensors.items():
+                arrays.setdefault(key, []).append(tensor)
             self.stats.bytes_read += path.stat().st_size
             self._touch(name, path)
             count += 1
         if not count:
             return None
-        return Blocks([(keys, values) for keys, values in layers], count, dtype)
+        bits, _, group_size = quantized.partition("/")
+        return Blocks(arrays, count, (int(bits), int(group_size)) if quantized else None)
 
     def close(self) -> None:
         """Let queued writes finish (for a while), then stop the writer."""
@@ -171,10 +172,10 @@ class DiskTier:
 
     def _write_all(self) -> None:
         while (item := self._queue.get()) is not None:
-            name, arrays, dtype = item
+            name, arrays, quantized = item
             try:
                 if self.writable:
-                    self._write(name, arrays, dtype)
+                    self._write(name, arrays, quantized)
             except Exception as error:  # a full disk, mostly (safetensors wraps the OSError)
                 self.writable = False
                 log.warning("the prompt cache stays in RAM only from now: writing %s failed: %s", name, error)
@@ -182,12 +183,12 @@ class DiskTier:
                 with self._lock:
                     self._pending.discard(name)
 
-    def _write(self, name: str, arrays: dict[str, Any], dtype: str) -> None:
+    def _write(self, name: str, arrays: dict[str, Any], quantized: str) -> None:
         import numpy as np
         from safetensors.numpy import save_file
 
         tensors = {key: np.ascontiguousarray(value) for key, value in arrays.items()}
-        metadata = {"format": FORMAT, "dtype": dtype, "crc": str(_crc(tensors))}
+        metadata = {"format": FORMAT, "quantized": quantized, "crc": str(_crc(tensors))}
         path, partial = self.folder / name, self.folder / f"{name}.tmp"
         try:
             save_file(tensors, str(partial), metadata=metadata)

@@ -25,6 +25,7 @@ class PreparedModel:
     grammars: GrammarCompiler | None = None  # compiles the grammars that constrain its output
     speculative: str = "off"  # how its sequences propose tokens to verify: "prompt-lookup" or "off"
     num_draft_tokens: int = 8  # the longest proposal
+    kv: tuple[int, int] = (0, 64)  # its KV cache's (bits, group size); 0 bits: the model's own precision
 
 
 @dataclass(kw_only=True)
@@ -45,16 +46,19 @@ def prepare_model(
     constrained: bool = True,
     speculative: str = "off",
     num_draft_tokens: int = 8,
+    kv: tuple[int, int] = (0, 64),
 ) -> PreparedModel:
     """Read the tokenizer and config, as `mlx_lm.load` would; `sampling` overrides the model's own
     recommendations (generation_config.json); `constrained`: its output may be held to grammars;
-    `speculative` and `num_draft_tokens`: how its decoding speculates."""
+    `speculative` and `num_draft_tokens`: how its decoding speculates; `kv`: its KV cache's bits (0: the
+    model's own precision) and group size, which must divide its head size."""
     from mlx_lm.utils import load_config, load_tokenizer
 
     from daemon.engine.sampling import model_defaults
 
     path = resolve_path(source, weights=False)
     config = load_config(path)
+    _check_kv(config, *kv)
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id"))
     return PreparedModel(
         name=name,
@@ -68,7 +72,16 @@ def prepare_model(
         else None,
         speculative=speculative,
         num_draft_tokens=num_draft_tokens,
+        kv=kv,
     )
+
+
+def _check_kv(config: dict[str, Any], bits: int, group_size: int) -> None:
+    """Refuse a KV quantization the model's heads cannot take."""
+    text = config.get("text_config") or config
+    head = text.get("head_dim") or (text.get("hidden_size") or 0) // (text.get("num_attention_heads") or 1)
+    if bits and head % group_size:
+        raise ValueError(f"kv_group_size {group_size} does not divide the model's head size {head}")
 
 
 def load_weights(prepared: PreparedModel, path: Path) -> LoadedModel:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from mlx_lm.models.cache import KVCache, LRUPromptCache, can_trim_prompt_cache, trim_prompt_cache
 
 from daemon.engine.disk_cache import BLOCK_TOKENS, Blocks, DiskTier
+from daemon.engine.quantized_cache import QuantizedCache
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +89,24 @@ class PromptCache:
         if blocks is None:
             return replace(hit, on_disk=[])
         kept = hit.reused // BLOCK_TOKENS * BLOCK_TOKENS if hit.cache is not None else 0
+        parts = 3 if blocks.quantized else 1
         cache = []
-        for layer, (keys, values) in enumerate(blocks.layers):
-            pieces = [_restored(keys, blocks.dtype), _restored(values, blocks.dtype)]
-            if kept:
-                ram = hit.cache[layer]  # type: ignore[index]
-                pieces = [
-                    mx.concatenate([ram.keys[..., :kept, :], pieces[0]], axis=2),
-                    mx.concatenate([ram.values[..., :kept, :], pieces[1]], axis=2),
-                ]
-            restored = KVCache()
-            restored.keys, restored.values, restored.offset = pieces[0], pieces[1], pieces[0].shape[2]
+        for layer in range(sum(key.startswith("k") for key in blocks.arrays) // parts):
+            state = {}
+            for side in ("k", "v"):
+                read = [_restored(blocks.arrays[f"{side}{layer}.{part}"]) for part in range(parts)]
+                if kept:
+                    ram = getattr(hit.cache[layer], "keys" if side == "k" else "values")  # type: ignore[index]
+                    ram = ram if isinstance(ram, tuple) else (ram,)
+                    read = [
+                        mx.concatenate([r[..., :kept, :], d], axis=2) for r, d in zip(ram, read, strict=True)
+                    ]
+                state[side] = tuple(read) if blocks.quantized else read[0]
+            restored = (
+                QuantizedCache(blocks.quantized[1], blocks.quantized[0]) if blocks.quantized else KVCache()
+            )
+            restored.keys, restored.values = state["k"], state["v"]
+            restored.offset = kept + blocks.count * BLOCK_TOKENS
             cache.append(restored)
         return CacheHit(cache, kept + blocks.count * BLOCK_TOKENS, tier="disk")
 
@@ -132,6 +141,17 @@ class PromptCache:
         """Finish the disk writes still queued (for a while)."""
         if self.disk is not None:
             self.disk.close()
+
+
+def model_cache(loaded: Any, max_bytes: int, disk_dir: Path | None, disk_bytes: int) -> PromptCache:
+    """The prompt cache of a `LoadedModel`: `max_bytes` in RAM (0: no cache), over a disk tier in a folder of
+    its own under `disk_dir` (none without a folder, bytes for it, or a RAM tier), keyed by its weights and
+    its KV setting, so that no other model's or setting's state is ever read."""
+    disk = None
+    if disk_dir is not None and disk_bytes and max_bytes:
+        key = f"{loaded.fingerprint}|kv={loaded.kv[0]}/{loaded.kv[1]}"
+        disk = DiskTier(disk_dir / loaded.fingerprint, disk_bytes, key)
+    return PromptCache(loaded.fingerprint, max_bytes, disk)
 
 
 class DiskReads:
@@ -176,13 +196,16 @@ class DiskReads:
 
 
 def _sliceable(cache: list[Any]) -> bool:
-    """Whether the state slices by position, as the disk tier keeps it: every layer a plain `KVCache`."""
-    return all(type(c) is KVCache for c in cache)
+    """Whether the state slices by position, as the disk tier keeps it: every layer a plain KV cache, of
+    one kind (mlx-lm's `KVCache`, or mlxd's quantized one)."""
+    return len({type(c) for c in cache}) == 1 and type(cache[0]) in (KVCache, QuantizedCache)
 
 
-def _restored(blocks: list[Any], dtype: str) -> Any:
-    """Blocks read from disk as one MLX array in the cache's dtype."""
+def _restored(blocks: list[Any]) -> Any:
+    """Blocks of one array read from disk as one MLX array; 16-bit patterns are bfloat16 (no cache holds
+    integers of that width)."""
     import mlx.core as mx
+    import numpy as np
 
     joined = mx.concatenate([mx.array(block) for block in blocks], axis=2)
-    return joined.view(mx.bfloat16) if dtype == str(mx.bfloat16) else joined
+    return joined.view(mx.bfloat16) if blocks[0].dtype == np.uint16 else joined

@@ -19,7 +19,6 @@ from typing import Any
 
 from daemon.chat.request import ChatRequest
 from daemon.config.units import format_bytes
-from daemon.engine.disk_cache import DiskTier
 from daemon.engine.draft import Draft, VocabularyMismatch, load_draft, prepare_draft
 from daemon.engine.jobs import EngineLimits
 from daemon.engine.memory import NoRoom, Resident, plan_room
@@ -27,7 +26,7 @@ from daemon.engine.model import LoadedModel, PreparedModel, load_weights, prepar
 from daemon.engine.names import ModelNames, NameRule, tier_rules
 from daemon.engine.ondemand import OnDemandEngine
 from daemon.engine.prompt import Prompt, render
-from daemon.engine.prompt_cache import PromptCache
+from daemon.engine.prompt_cache import PromptCache, model_cache
 from daemon.engine.reuse import Part, request_parts
 from daemon.engine.runner import Engine
 from daemon.store.files import (
@@ -62,6 +61,7 @@ class ModelSpec:
     speculative: str = "prompt-lookup"  # how it proposes tokens to verify: "prompt-lookup", "draft" or "off"
     draft_model: str | None = None  # for "draft": the draft model's source
     num_draft_tokens: int = 8  # the longest proposal
+    kv: tuple[int, int] = (0, 64)  # its KV cache's (bits, group size); 0 bits: the model's own precision
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,7 @@ class ServedModel:
                 constrained=spec.constrained,
                 speculative=spec.speculative,
                 num_draft_tokens=spec.num_draft_tokens,
+                kv=spec.kv,
             )
         except Exception as error:  # whatever the files or the network did: reported, never fatal
             raise ModelLoadError(f"model {spec.name} cannot be loaded from {spec.source}: {error}") from error
@@ -308,7 +309,7 @@ class ModelRegistry:
             loaded = load_weights(prepared, path)
             if draft is not None:
                 loaded.draft = self._load_draft(loaded, *draft)
-            engine = Engine(loaded, self._prompt_cache(loaded.fingerprint), self.options.limits)
+            engine = Engine(loaded, self._prompt_cache(loaded), self.options.limits)
         except NoRoom as error:
             log.warning("not loading model %s: %s", spec.name, error)
             served.engine.fail(str(error), overloaded=error.retry, retry=error.retry)
@@ -365,12 +366,11 @@ class ModelRegistry:
             if s is not loading and s.engine.resident
         ]
 
-    def _prompt_cache(self, fingerprint: str) -> PromptCache:
+    def _prompt_cache(self, loaded: LoadedModel) -> PromptCache:
         options = self.options
-        disk = None
-        if options.disk_cache_dir is not None and options.disk_cache_bytes and options.prompt_cache_bytes:
-            disk = DiskTier(options.disk_cache_dir / fingerprint, options.disk_cache_bytes, fingerprint)
-        return PromptCache(fingerprint, options.prompt_cache_bytes, disk)
+        return model_cache(
+            loaded, options.prompt_cache_bytes, options.disk_cache_dir, options.disk_cache_bytes
+        )
 
     def _reap(self) -> None:
         """Schedule the unload of each model idle past its TTL (one at a time per model)."""

@@ -171,6 +171,7 @@ class Engine:
             prefill_batch_size=self.limits.max_sequences,
             prefill_step_size=self.limits.prefill_step_size,
             stream=stream,
+            kv=self.loaded.kv,
         )
 
     def _take_inbox(self, *, block: bool) -> list:

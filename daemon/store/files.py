@@ -67,16 +67,17 @@ def stated_context_length(path: Path) -> int | None:
     return context_length_of(config) if config else None
 
 
-def stated_kv_bytes_per_token(path: Path) -> int | None:
+def stated_kv_bytes_per_token(path: Path, bits: int = 0, group_size: int = 64) -> int | None:
     """`kv_bytes_per_token` of a model folder's config, without loading anything; None if unreadable."""
     config = read_json(path / "config.json")
-    return kv_bytes_per_token(config) if config else None
+    return kv_bytes_per_token(config, bits, group_size) if config else None
 
 
-def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
+def kv_bytes_per_token(config: dict[str, Any], bits: int = 0, group_size: int = 64) -> int | None:
     """Bytes of KV state one token takes in a plain attention cache: keys and values of every layer's KV
-    heads, at the model's activation dtype (2 bytes, 4 for a float32 model); an upper bound for models with
-    sliding-window layers. None when the config does not state the attention's shape."""
+    heads, at the model's activation dtype (2 bytes, 4 for a float32 model), or quantized to `bits` with a
+    scale and a bias of that dtype per `group_size` values; an upper bound for models with sliding-window
+    layers. None when the config does not state the attention's shape."""
     text = config.get("text_config") or config
     heads = text.get("num_attention_heads")
     kv_heads = text.get("num_key_value_heads") or heads
@@ -85,7 +86,8 @@ def kv_bytes_per_token(config: dict[str, Any]) -> int | None:
     if not all(isinstance(value, int) and value > 0 for value in (layers, kv_heads, head_dim)):
         return None
     width = 4 if (text.get("torch_dtype") or config.get("torch_dtype")) == "float32" else 2
-    return 2 * layers * kv_heads * head_dim * width
+    per_head = head_dim * bits // 8 + head_dim // group_size * 2 * width if bits else head_dim * width
+    return 2 * layers * kv_heads * per_head
 
 
 def context_length_of(config: dict[str, Any]) -> int:

@@ -55,7 +55,7 @@ class ModelFacts:
     quantization: str
     context_length: int
     weight_bytes: int
-    kv_bytes_per_token: int | None  # in a plain attention cache; None: not stated by the config
+    kv_bytes_per_token: tuple[int, int, int] | None  # full precision, 8-bit, 4-bit; None: not in the config
     tool_parser: str | None  # the format mlx-lm parses tool calls in; None: no tool calling
     thinking: tuple[str, str] | None  # the tokens around reasoning; None: no thinking
     chat_template: bool
@@ -197,11 +197,16 @@ def describe(source: str) -> ModelFacts:
         quantization=_quantization(config),
         context_length=context_length_of(config),
         weight_bytes=weight_bytes(path),
-        kv_bytes_per_token=kv_bytes_per_token(config),
+        kv_bytes_per_token=_kv_sizes(config),
         tool_parser=parser.__module__.rsplit(".", 1)[-1] if tokenizer.has_tool_calling and parser else None,
         thinking=(tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None,
         chat_template=bool(tokenizer.has_chat_template),
     )
+
+
+def _kv_sizes(config: dict) -> tuple[int, int, int] | None:
+    sizes = [kv_bytes_per_token(config, bits) for bits in (0, 8, 4)]
+    return None if None in sizes else tuple(sizes)  # type: ignore[return-value]
 
 
 def _quantization(config: dict) -> str:
