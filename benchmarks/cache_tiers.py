@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.cache_
         "rows": rows,
         "tier_rates": tier_rates(out / "rates"),
         "kv_settings": kv_settings(model, 1 if args.smoke else repeats, out / "kv"),
+        "attention_ms": attention_cost(2048 if args.smoke else 8192),
     }
     written = write_run(out, "cache_tiers", results, markdown(results))
     print((out / "cache_tiers.md").read_text())
@@ -168,6 +169,35 @@ def kv_settings(model: Path, repeats: int, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def attention_cost(positions: int, heads: int = 8, dim: int = 128) -> dict[str, float]:
+    """One decode step's attention over `positions` keys, in ms: MLX's fused attention at bfloat16 against
+    the quantized attention an 8-bit cache takes (mlx-lm's: two `quantized_matmul`s around a softmax). The
+    ratio is what explains a quantized cache's decode rate on this machine."""
+    import mlx.core as mx
+
+    query = mx.random.normal((1, heads, 1, dim)).astype(mx.bfloat16)
+    keys, values = (mx.random.normal((1, heads, positions, dim)).astype(mx.bfloat16) for _ in range(2))
+    q_keys, q_values = (mx.quantize(x, group_size=64, bits=8) for x in (keys, values))
+    mx.eval(query, keys, values, q_keys, q_values)
+
+    def fused() -> Any:
+        return mx.fast.scaled_dot_product_attention(query, keys, values, scale=dim**-0.5)
+
+    def quantized() -> Any:
+        scores = mx.quantized_matmul(query, *q_keys, transpose=True, group_size=64, bits=8)
+        weights = mx.softmax(scores, axis=-1, precise=True)
+        return mx.quantized_matmul(weights, *q_values, transpose=False, group_size=64, bits=8)
+
+    def ms(step: Any, runs: int = 30) -> float:
+        mx.eval(step())
+        started = time.perf_counter()
+        for _ in range(runs):
+            mx.eval(step())
+        return (time.perf_counter() - started) / runs * 1e3
+
+    return {"positions": positions, "bf16": ms(fused), "8bit": ms(quantized)}
+
+
 def tier_rates(folder: Path, layers: int = 48, blocks: int = 12) -> dict[str, float]:
     """MB/s the disk tier writes and reads blocks of a real model's size (see the module's note); the
     reads come from the OS's page cache where it still holds the files, so they bound a disk's rate."""
@@ -255,7 +285,13 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {setting} | {row['bytes_per_token']:.0f} | {row['bytes_vs_full']:.3f}x "
             f"| {row['decode_tps']:.0f} | {row['decode_vs_full']:.3f}x |"
         )
-    lines.append("")
+    cost = results["attention_ms"]
+    lines += [
+        "",
+        f"Attention over {cost['positions']} positions (one decode step, 8 heads of 128): fused bfloat16 "
+        f"{cost['bf16']:.2f} ms, 8-bit quantized {cost['8bit']:.2f} ms ({cost['8bit'] / cost['bf16']:.2f}x).",
+        "",
+    ]
     return "\n".join(lines)
 
 

@@ -133,3 +133,4 @@ def test_cache_tiers_smoke_run_writes_its_report(tmp_path: Path) -> None:
     kv = {row["kv_bits"]: row for row in results["kv_settings"]}
     assert set(kv) == {0, 8, 4} and all(is_number(row["decode_tps"]) for row in kv.values())
     assert kv[4]["bytes_per_token"] < kv[8]["bytes_per_token"] < kv[0]["bytes_per_token"]
+    assert is_number(results["attention_ms"]["bf16"]) and is_number(results["attention_ms"]["8bit"])
