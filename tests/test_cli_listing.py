@@ -61,6 +61,7 @@ PS_REPLY = {
     ],
     "memory_budget_bytes": 2**30,
     "weight_bytes": 799129 + 5 * MiB,
+    "kv_bytes": 2 * MiB,
     "active_memory_bytes": 3 * MiB,
 }
 
@@ -71,12 +72,15 @@ def test_ps_shows_requests_in_flight_and_served_per_model() -> None:
         "alpha    unloaded  -          -         -        -     0          0       after 10m idle",
         "beta     loaded    780.4 KiB  2.0 KiB   3.0 MiB  1m    0          12      never",
         "endless  loaded    5.0 MiB    0 B       0 B      -     3          3       never (pinned)",
-        "weights loaded: 5.8 MiB of 1.0 GiB budget; MLX holds 3.0 MiB in all",
+        "weights loaded: 5.8 MiB and KV 2.0 MiB of 1.0 GiB budget; MLX holds 3.0 MiB in all",
         "beta: prompt cache hits 9 in RAM, 2 on disk; 1.0 MiB read from disk, 3.0 MiB written",
         "beta: last load failed: boom",
     ]
     unlimited = ps_lines({**PS_REPLY, "memory_budget_bytes": 0})
-    assert unlimited[4] == "weights loaded: 5.8 MiB of an unlimited budget; MLX holds 3.0 MiB in all"
+    assert (
+        unlimited[4]
+        == "weights loaded: 5.8 MiB and KV 2.0 MiB of an unlimited budget; MLX holds 3.0 MiB in all"
+    )
 
 
 def test_load_and_unload_replies() -> None:

@@ -72,6 +72,13 @@ def test_a_model_that_can_never_fit_is_refused_for_good() -> None:
     assert "do not retry" in message
 
 
+def test_the_kv_state_a_model_holds_counts_in_its_size() -> None:
+    loaded = [Resident("a", 10 * MiB, False, False, 1, kv_bytes=6 * MiB), resident("b", 4, last_used=2)]
+    assert [r.name for r in plan_room("new", 4 * MiB, 16 * MiB, loaded)] == ["a"]  # 4 MiB of weights in a
+    with pytest.raises(NoRoom, match=r"a \(10.0 MiB, 6.0 MiB of it KV, in use\)"):
+        plan_room("new", 8 * MiB, 16 * MiB, [Resident("a", 10 * MiB, False, True, 1, kv_bytes=6 * MiB)])
+
+
 def test_a_model_that_fits_once_others_are_idle_is_refused_for_now() -> None:
     loaded = [resident("busy", 10, last_used=1, busy=True)]
     with pytest.raises(NoRoom) as refused:

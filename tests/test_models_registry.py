@@ -17,6 +17,8 @@ from tests.conftest import RunningServer, run_server, server_env
 from tests.fake_hub import serve_hub
 from tests.model_zoo import ask, config_toml, ps, served_by, size, wait_for, zoo
 
+KV_ROOM = 2**20  # room in a budget for the KV state the models hold beside their weights
+
 
 @pytest.fixture(scope="module")
 def models() -> dict[str, Path]:
@@ -28,7 +30,7 @@ def server(models: dict[str, Path], tmp_path_factory) -> Iterator[RunningServer]
     """alpha (main, with an alias and its own context length and sampling), beta (small), broken (no
     weights) and big (more than the budget), with a rule for `gpt-*` names."""
     home = tmp_path_factory.mktemp("registry")
-    budget = size(models["alpha"]) + size(models["beta"]) + size(models["gamma"])
+    budget = size(models["alpha"]) + size(models["beta"]) + size(models["gamma"]) + KV_ROOM
     config = home / "config.toml"
     config.write_text(
         config_toml(
@@ -124,9 +126,9 @@ def test_a_model_too_big_for_the_budget_is_refused_for_good(server: RunningServe
         assert refused.status_code == 529 and refused.headers["x-should-retry"] == "false"
         message = refused.json()["error"]["message"]
         assert f"model big needs {format_bytes(size(models['big']))}" in message
-        budget = size(models["alpha"]) + size(models["beta"]) + size(models["gamma"])
+        budget = size(models["alpha"]) + size(models["beta"]) + size(models["gamma"]) + KV_ROOM
         assert f"the memory budget is {format_bytes(budget)}" in message
-        assert f"alpha ({format_bytes(size(models['alpha']))})" in message and "do not retry" in message
+        assert "alpha (" in message and "of it KV" in message and "do not retry" in message
     assert ps(server)["big"]["state"] == "unloaded"
     assert ask(server, "alpha").status_code == 200
 
@@ -194,6 +196,32 @@ def test_idle_models_make_room_least_recently_used_first(
             assert "event: message_stop" in list(lines)
         assert ask(server, "beta").status_code == 200
         assert ps(server)["endless"]["state"] == "unloaded"
+
+
+def test_the_kv_state_a_model_holds_counts_against_the_budget(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Weights that fit together, and a long prompt whose KV state alpha keeps: beta's load unloads alpha."""
+    budget = size(models["alpha"]) + size(models["beta"]) + 2**16
+    config = tmp_path / "config.toml"
+    config.write_text(
+        config_toml(
+            {"memory_budget_bytes": budget},
+            [
+                {"name": "alpha", "source": str(models["alpha"])},
+                {"name": "beta", "source": str(models["beta"])},
+            ],
+        )
+    )
+    with run_server(tmp_path, "--config", str(config)) as server:
+        assert ask(server, "alpha", messages=[{"role": "user", "content": "word " * 2000}]).status_code == 200
+        with server.http() as http:
+            held = http.get("/v1/admin/ps").json()["kv_bytes"]
+        assert held > 2**16  # about half a KB per token of alpha's prompt
+        assert ask(server, "beta").status_code == 200
+        states = ps(server)
+        assert (states["alpha"]["state"], states["beta"]["state"]) == ("unloaded", "loaded")
+        assert "unloaded model alpha" in server.log() and "to make room for beta" in server.log()
 
 
 def test_idle_model_unloads_after_its_ttl_and_comes_back(models: dict[str, Path], tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ async def ps() -> dict:
         "models": models,
         "memory_budget_bytes": registry.memory_budget,
         "weight_bytes": sum(model["weight_bytes"] for model in models),
+        "kv_bytes": sum(served.engine.kv_bytes for served in registry),
         "active_memory_bytes": active_memory(),
     }
 

@@ -34,7 +34,7 @@ def ps_lines(reply: dict[str, Any]) -> list[str]:
     lines = table(PS_HEADERS, rows)
     budget = reply["memory_budget_bytes"]
     lines.append(
-        f"weights loaded: {format_bytes(reply['weight_bytes'])} of "
+        f"weights loaded: {format_bytes(reply['weight_bytes'])} and KV {format_bytes(reply['kv_bytes'])} of "
         f"{format_bytes(budget) + ' budget' if budget else 'an unlimited budget'}; "
         f"MLX holds {format_bytes(reply['active_memory_bytes'])} in all"
     )

@@ -31,8 +31,8 @@ def ps(config: Path | None, url: str | None) -> None:
     IN FLIGHT counts the requests running or queued now; SERVED, those each model has taken since the daemon
     started (the ones in flight included).
 
-    Ends with the weights loaded against the memory budget (memory_budget_bytes) and all the memory MLX
-    holds (weights, KV caches and scratch).
+    Ends with the weights loaded and the KV state they hold against the memory budget (memory_budget_bytes),
+    and all the memory MLX holds (weights, KV caches and scratch).
     """
     with reported():
         reply = admin.ps(daemon_client(config, url))

@@ -41,10 +41,10 @@ def default_prompt_cache_bytes() -> int:
     return min(physical_memory() // 5, 16 * 2**30)
 
 
-def default_memory_budget(prompt_cache_bytes: int) -> int:
-    """Three quarters of physical memory (about what macOS lets the GPU keep wired), less what the prompt
-    cache may hold: the room for model weights."""
-    return max(physical_memory() * 3 // 4 - prompt_cache_bytes, physical_memory() // 4)
+def default_memory_budget() -> int:
+    """Three quarters of physical memory (about what macOS lets the GPU keep wired): the room for the
+    models' weights and the KV state they hold."""
+    return physical_memory() * 3 // 4
 
 
 def config_dir(environ: Mapping[str, str] = os.environ) -> Path:
@@ -179,7 +179,7 @@ class Settings(BaseModel):
         """Bytes of model weights that may be loaded at once; 0 means no limit."""
         if self.memory_budget_bytes is not None:
             return self.memory_budget_bytes
-        return default_memory_budget(self.prompt_cache_bytes)
+        return default_memory_budget()
 
     @property
     def disk_cache_dir(self) -> Path:

@@ -1,5 +1,5 @@
-"""How much memory models take: sizes read from their weight files, the plan that makes room for one more
-under the memory budget, and handing memory back after an unload."""
+"""How much memory models take: sizes read from their weight files and the KV state they hold, the plan that
+makes room for one more under the memory budget, and handing memory back after an unload."""
 
 from __future__ import annotations
 
@@ -20,17 +20,19 @@ class NoRoom(Exception):
 
 @dataclass(frozen=True)
 class Resident:
-    """A loaded model, as the budget sees it."""
+    """A loaded model, as the budget sees it: `bytes` of weights and KV state, `kv_bytes` of them KV."""
 
     name: str
     bytes: int
     pinned: bool
     busy: bool
     last_used: float
+    kv_bytes: int = 0
 
     def describe(self) -> str:
+        kv = f", {format_bytes(self.kv_bytes)} of it KV" if self.kv_bytes else ""
         note = ", pinned" if self.pinned else ", in use" if self.busy else ""
-        return f"{self.name} ({format_bytes(self.bytes)}{note})"
+        return f"{self.name} ({format_bytes(self.bytes)}{kv}{note})"
 
 
 def plan_room(name: str, needed: int, budget: int, residents: list[Resident]) -> list[Resident]:

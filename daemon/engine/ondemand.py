@@ -67,6 +67,12 @@ class OnDemandEngine:
         return engine.cache if engine else _NO_CACHE
 
     @property
+    def kv_bytes(self) -> int:
+        """KV state the loaded model holds: its sequences' and its prompt cache's (0 when unloaded)."""
+        engine = self._engine
+        return engine.kv_bytes if engine else 0
+
+    @property
     def busy(self) -> bool:
         """A request is running or waiting for this model."""
         return self._pending() > 0

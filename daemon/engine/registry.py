@@ -1,5 +1,6 @@
 """The models this daemon serves, by name: resolving requested names, loading a model when it is first asked
-for, unloading it when it sits idle, and keeping the weights loaded at once within the memory budget.
+for, unloading it when it sits idle, and keeping the weights loaded at once, with the KV state they hold,
+within the memory budget.
 
 Each model's tokenizer is read once, on first need, and kept (it is small, and lets prompts be rendered and
 counted without the weights). Weights are loaded and unloaded on one loader thread, one model at a time,
@@ -29,6 +30,7 @@ from daemon.engine.prompt import Prompt, render
 from daemon.engine.prompt_cache import PromptCache, model_cache
 from daemon.engine.reuse import Part, request_parts
 from daemon.engine.runner import Engine
+from daemon.engine.status import ModelStatus
 from daemon.store.files import (
     estimate_weight_bytes,
     local_path,
@@ -70,28 +72,6 @@ class EngineOptions:
     prompt_cache_bytes: int = 0
     disk_cache_dir: Path | None = None
     disk_cache_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class ModelStatus:
-    """What `mlxd ps` shows of a model."""
-
-    name: str
-    aliases: tuple[str, ...]
-    source: str
-    state: str  # "loaded", "loading" or "unloaded"
-    pinned: bool
-    ttl: float  # 0: never unloaded for idleness
-    weight_bytes: int
-    cache_bytes: int
-    disk_cache_bytes: int
-    cache_counts: dict[str, int]  # `PromptCache.counts`: hits by tier, bytes to and from disk
-    idle_seconds: float | None  # None while a request is in flight or when unloaded
-    active_sequences: int
-    queued: int
-    requests_served: int  # accepted since the daemon started, those in flight included
-    context_length: int | None
-    last_error: str | None
 
 
 class ServedModel:
@@ -361,7 +341,14 @@ class ModelRegistry:
 
     def _residents(self, loading: ServedModel) -> list[Resident]:
         return [
-            Resident(s.name, s.engine.weight_bytes, self.pinned(s), s.engine.busy, s.engine.last_used)
+            Resident(
+                s.name,
+                s.engine.weight_bytes + s.engine.kv_bytes,
+                self.pinned(s),
+                s.engine.busy,
+                s.engine.last_used,
+                s.engine.kv_bytes,
+            )
             for s in self
             if s is not loading and s.engine.resident
         ]

@@ -80,6 +80,7 @@ class Engine:
         self._close_lock = threading.Lock()
         self._reuse = ReuseMonitor()
         self._reads = DiskReads(cache, lambda: self._inbox.put(_READ))
+        self.kv_bytes = 0  # KV state held, of the sequences and in the prompt cache (as of the last step)
         self._vocab_size = getattr(getattr(loaded.model, "args", None), "vocab_size", None)
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
@@ -241,6 +242,7 @@ class Engine:
         """One step of the whole batch; a fault of one request's own parts ends that request alone."""
         self._drop_cancelled(batch)
         if not self._running:
+            self.kv_bytes = self.cache.nbytes
             return
         prompt_responses, responses = batch.next()
         for uid in [uid for uid, running in self._running.items() if running.fault is not None]:
@@ -259,7 +261,9 @@ class Engine:
                 self._retire(response.uid, Failed(REQUEST_FAILED), batch)
             finally:
                 current_request.reset(label)
-        self.cache.shrink_to(self.cache.max_bytes - batch.prompt_cache_nbytes)
+        active = batch.prompt_cache_nbytes
+        self.cache.shrink_to(self.cache.max_bytes - active)
+        self.kv_bytes = active + self.cache.nbytes
 
     def _drop_cancelled(self, batch) -> None:
         gone = [uid for uid, running in self._running.items() if running.job.cancelled]
