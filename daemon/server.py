@@ -68,6 +68,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         MLXD_PING_INTERVAL=settings.ping_interval,
         MLXD_STREAM_BUFFER_EVENTS=settings.stream_buffer_events,
         MLXD_STRIP_BILLING_HEADER=settings.strip_billing_header,
+        MLXD_TEXT_MODEL_IMAGES=settings.text_model_images,
         MLXD_STARTED=time.monotonic(),
     )
 

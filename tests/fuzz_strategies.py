@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from daemon.anthropic.errors import error_type
 from daemon.chat.limits import MAX_TOP_K
 from daemon.server import MAX_HEADER_BYTES
+from tests.images import encoded
 
 # What any response may be; 431 (with the envelope, from the HTTP layer) for a request head too large.
 # 409: the admin API's "model in use" when unloading.
@@ -156,10 +157,13 @@ cache_control = st.sampled_from([{"type": "ephemeral"}, {"type": "ephemeral", "t
 text_blocks = st.builds(lambda t: {"type": "text", "text": t}, texts) | st.builds(
     lambda t, c: {"type": "text", "text": t, "cache_control": c}, texts, cache_control
 )
-image_sources = st.one_of(
-    st.just({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}),
-    st.just({"type": "url", "url": "https://example.com/a.png"}),
-    json_objects,
+# Valid image sources are real images of the four types (URL sources and undecodable data are 400s).
+image_sources = st.sampled_from(
+    [
+        {"type": "base64", "media_type": f"image/{fmt.lower()}", "data": encoded(fmt)}
+        for fmt in ("PNG", "GIF", "WEBP")
+    ]
+    + [{"type": "base64", "media_type": "image/jpeg", "data": encoded("JPEG")}]
 )
 image_blocks = st.builds(lambda s: {"type": "image", "source": s}, image_sources)
 document_blocks = st.builds(

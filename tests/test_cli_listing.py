@@ -99,6 +99,7 @@ def test_model_facts() -> None:
         context_length=32768,
         weight_bytes=5 * MiB,
         kv_bytes_per_token=(98304, 52224, 27648),
+        vision_tower=False,
         tool_parser="json_tools",
         thinking=("<think>", "</think>"),
         chat_template=True,
@@ -111,13 +112,17 @@ def test_model_facts() -> None:
         "context:       32768 tokens",
         "size:          5.0 MiB",
         "KV cache:      96.0 KiB per token (kv_bits 8: 51.0 KiB, 4: 27.0 KiB); 100k tokens take 9.2 GiB",
+        "images:        no",
         "tool calls:    yes (json_tools format)",
         "thinking:      yes (<think> … </think>)",
         "chat template: yes",
     ]
-    plain = ModelFacts("org/m", Path("/hf/m"), "llama", "none (float32)", 4096, 1000, None, None, None, False)
-    assert facts_lines(plain)[-4:] == [
+    plain = ModelFacts(
+        "org/m", Path("/hf/m"), "llama", "none (float32)", 4096, 1000, None, True, None, None, False
+    )
+    assert facts_lines(plain)[-5:] == [
         "KV cache:      unknown (the config does not state the attention's shape)",
+        "images:        no: mlxd does not run its vision tower yet",
         "tool calls:    no",
         "thinking:      no",
         "chat template: no (prompts are plain transcripts)",

@@ -13,6 +13,7 @@ import pytest
 
 from tests.claude_code_request import CLAUDE_CODE_HEADERS, claude_code_request
 from tests.conftest import RunningServer, run_server, server_env
+from tests.images import PNG
 
 MODEL = "tiny"
 CONTEXT = 30000
@@ -101,7 +102,14 @@ def test_claude_code_request_gets_a_streamed_answer(http: httpx.Client) -> None:
 
 
 def test_every_history_block_type_is_accepted(http: httpx.Client) -> None:
-    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+    image = {
+        "type": "image",
+        "source": {
+            "type": "base64",
+            "media_type": "image/png",
+            "data": PNG,
+        },
+    }
     messages = [
         {"role": "system", "content": "An early system note."},
         {

@@ -51,7 +51,8 @@ def from_validation_error(error: ValidationError) -> RequestError:
     if kind == "union_tag_invalid":
         tag = first.get("ctx", {}).get("tag", "")
         expected = first.get("ctx", {}).get("expected_tags", "")
-        message = f"unknown content block type '{tag}' (expected one of {expected})"
+        what = "source" if path.endswith("source") else "content block"
+        message = f"unknown {what} type '{tag}' (expected one of {expected})"
     elif kind == "union_tag_not_found":
         path, message = f"{path}.type" if path else "type", "Field required"
     elif kind == "missing":
@@ -71,14 +72,20 @@ def _json_problem(problem: str) -> str:
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
-    # A discriminated union adds the tag it chose to the location ("content.0.text.text"); drop it, so the
-    # path names only fields and list positions as the client wrote them.
-    parts = [
-        str(part)
-        for i, part in enumerate(loc)
-        if not (0 < i < len(loc) - 1 and isinstance(loc[i - 1], int) and _is_block_tag(part))
-    ]
-    return ".".join(parts)
+    # A discriminated union adds the tag it chose to the location ("content.0.text.text",
+    # "source.base64.data"); drop it, so the path names only fields and list positions as the client wrote.
+    def tag(i: int, part: Any) -> bool:
+        if not 0 < i < len(loc) - 1:
+            return False
+        before = loc[i - 1]
+        return (isinstance(before, int) and _is_block_tag(part)) or (
+            before == "source" and part in _SOURCE_TAGS
+        )
+
+    return ".".join(str(part) for i, part in enumerate(loc) if not tag(i, part))
+
+
+_SOURCE_TAGS = {"base64", "url"}
 
 
 def _is_block_tag(name: str) -> bool:

@@ -18,11 +18,13 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from daemon.anthropic.errors import from_validation_error
+from daemon.chat.images import MAX_IMAGES, check_image
 from daemon.chat.limits import (
     MAX_BLOCKS,
     MAX_BLOCKS_PER_MESSAGE,
@@ -46,9 +48,35 @@ class TextBlock(WireModel):
     text: StrictStr
 
 
+class Base64ImageSource(WireModel):
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]  # as `MEDIA_TYPES`
+    data: StrictStr
+
+    @field_validator("data")
+    @classmethod
+    def _an_image(cls, data: str, info: ValidationInfo) -> str:
+        if (media_type := info.data.get("media_type")) is not None:  # else its own error is raised
+            check_image(media_type, data)
+        return data
+
+
+class URLImageSource(WireModel):
+    type: Literal["url"]
+    url: StrictStr
+
+    @field_validator("url")
+    @classmethod
+    def _not_fetched(cls, url: str) -> str:
+        raise ValueError(
+            "mlxd fetches no URLs (a local daemon that fetched what requests name would let any page that "
+            "reaches it read the network): send the image as a base64 source"
+        )
+
+
 class ImageBlock(WireModel):
     type: Literal["image"]
-    source: dict[str, Any]
+    source: Annotated[Base64ImageSource | URLImageSource, Field(discriminator="type")]
 
 
 class DocumentBlock(WireModel):
@@ -194,6 +222,9 @@ class CountTokensRequest(WireModel):
         blocks = sum(isinstance(model, _BLOCK_TYPES) for _, model in models(self))
         if blocks > MAX_BLOCKS:
             raise ValueError(f"messages: {blocks} content blocks in all; at most {MAX_BLOCKS} are allowed")
+        images = sum(isinstance(model, ImageBlock) for _, model in models(self))
+        if images > MAX_IMAGES:
+            raise ValueError(f"messages: {images} images in all; at most {MAX_IMAGES} are allowed")
         return self
 
     @model_validator(mode="after")

@@ -100,8 +100,8 @@ def _content(block: object) -> chat.Text | chat.Image:
     match block:
         case TextBlock(text=text):
             return chat.Text(text)
-        case ImageBlock(source=source):
-            return chat.Image(str(source.get("media_type", "")), str(source.get("data", "")))
+        case ImageBlock(source=source):  # validated: a base64 image (URLs are refused)
+            return chat.Image(source.media_type, source.data)
         case ToolReferenceBlock(tool_name=name):
             return chat.Text(f"Tool loaded: {name}")
         case DocumentBlock(source=source, title=title):

@@ -95,11 +95,16 @@ class EngineEvents:
 class RequestLog:
     """The one INFO line per request: id, model, token counts, first-token latency, speed, stop reason."""
 
-    def __init__(self, request_id: str, model: str, prompt: Prompt, metrics: Metrics):
+    def __init__(
+        self, request_id: str, model: str, prompt: Prompt, metrics: Metrics, images_omitted: int = 0
+    ):
         self.request_id = request_id
         self.model = model
         self.metrics = metrics
         self.prompt_tokens = len(prompt.tokens)
+        self.images_omitted = images_omitted
+        if images_omitted:
+            metrics.images_omitted.labels(model).inc(images_omitted)
         self.grammar = prompt.grammar
         if prompt.grammar is not None:
             metrics.grammar_compiled(model, prompt.grammar.compile_seconds)
@@ -111,7 +116,7 @@ class RequestLog:
         rate = (event.usage.output_tokens - 1) / event.decode_seconds if event.decode_seconds > 0 else 0.0
         ttft = f"{event.time_to_first_token:.3f}s" if event.time_to_first_token is not None else "-"
         log.info(
-            "model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s%s%s",
+            "model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s%s%s%s",
             self.model,
             self.prompt_tokens,
             event.usage.cached_tokens,
@@ -121,6 +126,7 @@ class RequestLog:
             event.stop_reason,
             _speculation_figures(event),
             self._grammar_figures(event),
+            f" images_omitted={self.images_omitted}" if self.images_omitted else "",
             extra=self._names,
         )
 

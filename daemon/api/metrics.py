@@ -81,6 +81,12 @@ class Metrics:
             ["model", "kind"],
             registry=self.registry,
         )
+        self.images_omitted = Counter(
+            "mlxd_images_omitted",
+            "Images a model that cannot see them was sent, each replaced by a note it reads.",
+            ["model"],
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(models))
 
     def grammar_compiled(self, model: str, seconds: float) -> None:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
-from quart import current_app, g
+from quart import after_this_request, current_app, g
 
 from daemon.api.bridge import EngineEvents, RequestLog
 from daemon.chat.errors import RequestError, invalid_request
@@ -48,6 +48,7 @@ async def count_tokens(chat: ChatRequest) -> int:
 async def start(chat: ChatRequest) -> Generation:
     """Submit the generation `chat` asks for; raises `RequestError` when it cannot start."""
     served = await served_model(chat.model, to_generate=True)
+    images = _images_omitted(served, chat)
     prompt = await _render(served, chat)
     context = served.loaded.context_length
     if len(prompt.tokens) > context:
@@ -71,7 +72,7 @@ async def start(chat: ChatRequest) -> Generation:
     # The task that runs this request also sends its response, and is cancelled when the client goes
     # away, at whatever point: once it ends, the engine frees the slot at its next step.
     asyncio.current_task().add_done_callback(lambda _: job.cancel())
-    record = RequestLog(g.request_id, served.name, prompt, current_app.config["MLXD_METRICS"])
+    record = RequestLog(g.request_id, served.name, prompt, current_app.config["MLXD_METRICS"], images)
     return Generation(prompt, events, record, current_app.config["MLXD_PING_INTERVAL"])
 
 
@@ -149,6 +150,26 @@ class Generation:
                     yield b"".join(frames)
                     return
             yield b"".join(frames)
+
+
+def _images_omitted(served: ServedModel, chat: ChatRequest) -> int:
+    """The images of a request to a model that cannot see them (every model mlxd serves, for now): each is
+    replaced by a note the model reads, and the response says so in a header; with `text_model_images =
+    "refuse"`, the request is a 400 instead."""
+    if not (images := chat.images()):
+        return 0
+    if current_app.config["MLXD_TEXT_MODEL_IMAGES"] == "refuse":
+        raise invalid_request(
+            f'model {served.name} cannot see images, and text_model_images is "refuse": the request holds '
+            f"{images} images; no model served here takes images"
+        )
+
+    @after_this_request
+    def warn(response: Any) -> Any:
+        response.headers["mlxd-warning"] = f"{images} images omitted: model {served.name} cannot see images"
+        return response
+
+    return images
 
 
 async def _render(served: ServedModel, chat: ChatRequest) -> Prompt:

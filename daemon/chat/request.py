@@ -121,3 +121,9 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None  # None: as many as the context allows; 0: fill the cache, answer nothing
     output_schema: dict[str, Any] | None = None  # a JSON schema the answer is asked to fit
+
+    def images(self) -> int:
+        """How many images the conversation holds, tool results' included."""
+        parts = [part for message in self.messages for part in message.parts]
+        parts += [inner for part in parts if isinstance(part, ToolResult) for inner in part.content]
+        return sum(isinstance(part, Image) for part in parts)

@@ -108,6 +108,7 @@ def facts_lines(facts: ModelFacts) -> list[str]:
         ("context", f"{facts.context_length} tokens"),
         ("size", format_bytes(facts.weight_bytes)),
         ("KV cache", _kv_line(facts.kv_bytes_per_token)),
+        ("images", "no: mlxd does not run its vision tower yet" if facts.vision_tower else "no"),
         ("tool calls", f"yes ({facts.tool_parser} format)" if facts.tool_parser else "no"),
         ("thinking", f"yes ({' … '.join(facts.thinking)})" if facts.thinking else "no"),
         ("chat template", "yes" if facts.chat_template else "no (prompts are plain transcripts)"),

@@ -79,6 +79,7 @@ class Settings(BaseModel):
     prompt_cache_dir: Path | None = None
     prompt_cache_disk_bytes: int = Field(16 * 2**30, ge=0)  # the disk tier under the prompt cache
     strip_billing_header: bool = True
+    text_model_images: Literal["omit", "refuse"] = "omit"  # images sent to a model that cannot see them
     constrained_decoding: bool = True  # hold calls and JSON answers to their grammars
     speculative: Speculative = "prompt-lookup"  # how models propose tokens to verify; per model in [[models]]
     draft_model: str | None = Field(None, min_length=1)  # the draft of models that set none of their own

@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import TemplateError
 from mlx_lm.utils import common_prefix_len
 
+from daemon.chat.images import IMAGE_OMITTED
 from daemon.chat.request import ChatRequest, Image, Message, Reasoning, Text, ToolCall, ToolChoice, ToolResult
 from daemon.engine.grammar import Grammar, GrammarCompiler, GrammarError, constrains_calls, request_grammar
 from daemon.engine.tools import (
@@ -231,7 +232,7 @@ def _text_of(part: object) -> str:
         case Text(text=text):
             return text
         case Image():
-            return "[image omitted: this model takes no images]"
+            return IMAGE_OMITTED
         case ToolCall(name=name, arguments=arguments):
             return json.dumps({"name": name, "arguments": arguments})
     return ""

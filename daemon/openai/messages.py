@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.chat.images import check_image
 from daemon.chat.limits import MAX_BLOCKS_PER_MESSAGE, MAX_VALUE_DEPTH
 from daemon.chat.wire import WireModel
 from daemon.openai.errors import FieldError
@@ -42,8 +43,7 @@ def _data_url(url: str) -> str:
             f"mlxd takes images only inline, as data:<media type>;base64,<data> URLs, and fetches nothing "
             f"(got a {scheme!r} URL)"
         )
-    if not match["media_type"].startswith("image/"):
-        raise ValueError(f"a data: URL of {match['media_type']} is not an image")
+    check_image(match["media_type"], match["data"])
     return url
 
 

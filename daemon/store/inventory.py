@@ -56,6 +56,7 @@ class ModelFacts:
     context_length: int
     weight_bytes: int
     kv_bytes_per_token: tuple[int, int, int] | None  # full precision, 8-bit, 4-bit; None: not in the config
+    vision_tower: bool  # its config has one (mlxd does not run it yet)
     tool_parser: str | None  # the format mlx-lm parses tool calls in; None: no tool calling
     thinking: tuple[str, str] | None  # the tokens around reasoning; None: no thinking
     chat_template: bool
@@ -198,6 +199,7 @@ def describe(source: str) -> ModelFacts:
         context_length=context_length_of(config),
         weight_bytes=weight_bytes(path),
         kv_bytes_per_token=_kv_sizes(config),
+        vision_tower="vision_config" in config,
         tool_parser=parser.__module__.rsplit(".", 1)[-1] if tokenizer.has_tool_calling and parser else None,
         thinking=(tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None,
         chat_template=bool(tokenizer.has_chat_template),
