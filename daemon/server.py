@@ -27,6 +27,7 @@ from daemon.anthropic.errors import envelope, error_type
 from daemon.api import admin, boundary, chat_completions, errors, health, messages, metrics, models
 from daemon.api.auth import token_checker
 from daemon.api.metrics import Metrics
+from daemon.chat.images import ImageLimits
 from daemon.config.logs import current_request, new_request_id
 from daemon.config.model_tables import Speculation
 from daemon.config.settings import Settings, data_dir
@@ -69,6 +70,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         MLXD_STREAM_BUFFER_EVENTS=settings.stream_buffer_events,
         MLXD_STRIP_BILLING_HEADER=settings.strip_billing_header,
         MLXD_TEXT_MODEL_IMAGES=settings.text_model_images,
+        MLXD_IMAGE_LIMITS=ImageLimits(settings.max_image_bytes, settings.max_image_side, settings.max_images),
         MLXD_STARTED=time.monotonic(),
     )
 

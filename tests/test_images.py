@@ -162,3 +162,28 @@ def test_refusing_images_for_text_models_names_the_setting(tiny_model: Path, tmp
         "no model served here takes images"
     )
     assert plain.stop_reason == "max_tokens"
+
+
+def test_the_image_limits_are_settings(tiny_model: Path, tmp_path: Path) -> None:
+    env = server_env(tmp_path, MLXD_MAX_IMAGES="1", MLXD_MAX_IMAGE_SIDE="1", MLXD_MAX_IMAGE_BYTES="75")
+    dot, wide, large = (encoded(size=size) for size in ((1, 1), (2, 1), (2, 2)))  # 69, 72 and 79 bytes
+    with run_server(tmp_path, "--model", str(tiny_model), "--model-name", "tiny", env=env) as server:
+        refusals = []
+        for images in ([dot, dot], [wide], [large]):
+            blocks = [{"type": "image", "source": {**IMAGE["source"], "data": data}} for data in images]
+            with pytest.raises(anthropic.BadRequestError) as refused:
+                server.client().messages.create(
+                    model="tiny", max_tokens=3, messages=[{"role": "user", "content": blocks}]
+                )
+            refusals.append(refused.value.body["error"]["message"])
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+        part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{dot}"}}
+        with pytest.raises(openai.BadRequestError, match="messages: 2 images in all; at most 1 are allowed"):
+            client.chat.completions.create(
+                model="tiny", max_tokens=3, messages=[{"role": "user", "content": [part, part]}]
+            )
+    assert refusals == [
+        "messages: 2 images in all; at most 1 are allowed",
+        "messages.0.content.0.source.data: the image is 2x1 pixels; at most 1 a side",
+        "messages.0.content.0.source.data: the image is 79 bytes; at most 75 are allowed",
+    ]

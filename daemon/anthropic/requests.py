@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from daemon.anthropic.errors import from_validation_error
-from daemon.chat.images import MAX_IMAGES, check_image
+from daemon.chat.images import ImageLimits, check_image, limits_of, validation_context
 from daemon.chat.limits import (
     MAX_BLOCKS,
     MAX_BLOCKS_PER_MESSAGE,
@@ -57,7 +57,7 @@ class Base64ImageSource(WireModel):
     @classmethod
     def _an_image(cls, data: str, info: ValidationInfo) -> str:
         if (media_type := info.data.get("media_type")) is not None:  # else its own error is raised
-            check_image(media_type, data)
+            check_image(media_type, data, limits_of(info.context))
         return data
 
 
@@ -215,16 +215,19 @@ class CountTokensRequest(WireModel):
         return self.thinking is not None and self.thinking.on
 
     @model_validator(mode="after")
-    def _within_limits(self) -> CountTokensRequest:
+    def _within_limits(self, info: ValidationInfo) -> CountTokensRequest:
         if problem := value_problem(self):
             path, message = problem
             raise ValueError(f"{_dotted(path)}: {message}")
         blocks = sum(isinstance(model, _BLOCK_TYPES) for _, model in models(self))
         if blocks > MAX_BLOCKS:
             raise ValueError(f"messages: {blocks} content blocks in all; at most {MAX_BLOCKS} are allowed")
-        images = sum(isinstance(model, ImageBlock) for _, model in models(self))
-        if images > MAX_IMAGES:
-            raise ValueError(f"messages: {images} images in all; at most {MAX_IMAGES} are allowed")
+        images, most = (
+            sum(isinstance(m, ImageBlock) for _, m in models(self)),
+            limits_of(info.context).max_images,
+        )
+        if images > most:
+            raise ValueError(f"messages: {images} images in all; at most {most} are allowed")
         return self
 
     @model_validator(mode="after")
@@ -338,11 +341,12 @@ def ignored_fields(body: BaseModel) -> list[str]:
 Body = TypeVar("Body", bound=CountTokensRequest)
 
 
-def parse(model: type[Body], data: bytes) -> Body:
-    """A request body validated as `model`; raises `RequestError` naming the first field at fault."""
+def parse(model: type[Body], data: bytes, images: ImageLimits | None = None) -> Body:
+    """A request body validated as `model` (its images within `images`, by default Anthropic's limits);
+    raises `RequestError` naming the first field at fault."""
     check_containers(data)
     try:
-        body = model.model_validate_json(data)
+        body = model.model_validate_json(data, context=validation_context(images or ImageLimits()))
     except ValidationError as error:
         raise from_validation_error(error) from None
     if ignored := ignored_fields(body):

@@ -18,13 +18,13 @@ blueprint = Blueprint("messages", __name__)
 
 @blueprint.route("/v1/messages/count_tokens", methods=["POST"])
 async def count_tokens() -> dict:
-    body = parse(CountTokensRequest, await request.get_data())
+    body = parse(CountTokensRequest, await request.get_data(), current_app.config["MLXD_IMAGE_LIMITS"])
     return {"input_tokens": await serving.count_tokens(_chat(body))}
 
 
 @blueprint.route("/v1/messages", methods=["POST"])
 async def create_message() -> Response | dict:
-    body = parse(MessagesRequest, await request.get_data())
+    body = parse(MessagesRequest, await request.get_data(), current_app.config["MLXD_IMAGE_LIMITS"])
     generation = await serving.start(_chat(body))
     omit = body.thinking is not None and body.thinking.display == "omitted"
     stream = MessageStream(body.model, omit_thinking=omit, cache_fields=cache_requested(body))

@@ -80,6 +80,9 @@ class Settings(BaseModel):
     prompt_cache_disk_bytes: int = Field(16 * 2**30, ge=0)  # the disk tier under the prompt cache
     strip_billing_header: bool = True
     text_model_images: Literal["omit", "refuse"] = "omit"  # images sent to a model that cannot see them
+    max_image_bytes: int = Field(5 * 1024 * 1024, gt=0)  # one image, decoded (Anthropic's limit)
+    max_image_side: int = Field(8000, gt=0)  # pixels
+    max_images: int = Field(100, gt=0)  # in one request, tool results' included
     constrained_decoding: bool = True  # hold calls and JSON answers to their grammars
     speculative: Speculative = "prompt-lookup"  # how models propose tokens to verify; per model in [[models]]
     draft_model: str | None = Field(None, min_length=1)  # the draft of models that set none of their own

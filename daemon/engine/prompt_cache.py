@@ -177,10 +177,10 @@ class DiskReads:
     def done(self) -> list[tuple[Any, float, CacheHit]]:
         """The jobs whose read finished, each with its hit extended by what was read (a read that failed
         leaves the hit as RAM gave it: the rest is computed)."""
-        out, waiting = [], []
-        for read in self._reads:
-            (waiting if not read[3].done() else out).append(read)
-        self._reads, finished, out = waiting, out, []
+        finished, waiting = [], []
+        for read in self._reads:  # one pass: a read that finishes meanwhile waits for the next call
+            (finished if read[3].done() else waiting).append(read)
+        self._reads, out = waiting, []
         for job, submitted, hit, future in finished:
             try:
                 hit = self._cache.extend(hit, future.result())

@@ -12,11 +12,12 @@ from pydantic import (
     BeforeValidator,
     Field,
     StrictStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from daemon.chat.images import check_image
+from daemon.chat.images import check_image, limits_of
 from daemon.chat.limits import MAX_BLOCKS_PER_MESSAGE, MAX_VALUE_DEPTH
 from daemon.chat.wire import WireModel
 from daemon.openai.errors import FieldError
@@ -35,7 +36,7 @@ class RefusalPart(WireModel):
     refusal: StrictStr
 
 
-def _data_url(url: str) -> str:
+def _data_url(url: str, info: ValidationInfo) -> str:
     match = DATA_URL.fullmatch(url)
     if match is None:
         scheme = url.split(":", 1)[0] if ":" in url else url[:20]
@@ -43,7 +44,7 @@ def _data_url(url: str) -> str:
             f"mlxd takes images only inline, as data:<media type>;base64,<data> URLs, and fetches nothing "
             f"(got a {scheme!r} URL)"
         )
-    check_image(match["media_type"], match["data"])
+    check_image(match["media_type"], match["data"], limits_of(info.context))
     return url
 
 

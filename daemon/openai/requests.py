@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from daemon.chat.images import ImageLimits, limits_of, validation_context
 from daemon.chat.limits import (
     MAX_BLOCKS,
     MAX_MESSAGES,
@@ -243,7 +244,7 @@ class ChatCompletionRequest(WireModel):
         return self
 
     @model_validator(mode="after")
-    def _within_limits(self) -> ChatCompletionRequest:
+    def _within_limits(self, info: ValidationInfo) -> ChatCompletionRequest:
         if problem := value_problem(self):
             path, message = problem
             raise FieldError(written_path(path), message)
@@ -252,6 +253,12 @@ class ChatCompletionRequest(WireModel):
         )
         if parts > MAX_BLOCKS:
             raise FieldError("messages", f"{parts} content parts and tool calls in all; at most {MAX_BLOCKS}")
+        images, most = (
+            sum(isinstance(m, ImagePart) for _, m in models(self)),
+            limits_of(info.context).max_images,
+        )
+        if images > most:
+            raise FieldError("messages", f"{images} images in all; at most {most} are allowed")
         return self
 
     @model_validator(mode="after")
@@ -293,11 +300,13 @@ def ignored_fields(body: BaseModel) -> list[str]:
     return [written_path(path) for path in unknown_fields(body)]
 
 
-def parse(data: bytes) -> ChatCompletionRequest:
-    """A request body validated; raises `RequestError` naming the first field at fault in its `param`."""
+def parse(data: bytes, images: ImageLimits | None = None) -> ChatCompletionRequest:
+    """A request body validated (its images within `images`, by default Anthropic's limits); raises
+    `RequestError` naming the first field at fault in its `param`."""
     check_containers(data)
     try:
-        body = ChatCompletionRequest.model_validate_json(data)
+        context = validation_context(images or ImageLimits())
+        body = ChatCompletionRequest.model_validate_json(data, context=context)
     except ValidationError as error:
         raise from_validation_error(error) from None
     if ignored := ignored_fields(body):
