@@ -219,11 +219,12 @@ class CountTokensRequest(WireModel):
         if problem := value_problem(self):
             path, message = problem
             raise ValueError(f"{_dotted(path)}: {message}")
-        blocks = sum(isinstance(model, _BLOCK_TYPES) for _, model in models(self))
+        walked = [model for _, model in models(self)]  # one walk of the request for both counts
+        blocks = sum(isinstance(model, _BLOCK_TYPES) for model in walked)
         if blocks > MAX_BLOCKS:
             raise ValueError(f"messages: {blocks} content blocks in all; at most {MAX_BLOCKS} are allowed")
         images, most = (
-            sum(isinstance(m, ImageBlock) for _, m in models(self)),
+            sum(isinstance(model, ImageBlock) for model in walked),
             limits_of(info.context).max_images,
         )
         if images > most:

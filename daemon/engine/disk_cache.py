@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -33,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 BLOCK_TOKENS = 256
 SUFFIX = ".kvblock"
-FORMAT = "mlxd-kv-1"
+FORMAT = "mlxd-kv-2"
 _FLUSH_SECONDS = 10.0  # at shutdown, how long queued writes may still take
 
 
@@ -68,6 +69,7 @@ class DiskTier:
         self.stats = DiskStats()
         self._seed = hashlib.sha256(f"{FORMAT}|{key}".encode()).digest()
         self._index: OrderedDict[str, int] = OrderedDict()  # name → bytes, least recently used first
+        self._bytes = 0  # the index's total
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
@@ -77,15 +79,16 @@ class DiskTier:
 
     @property
     def nbytes(self) -> int:
-        with self._lock:
-            return sum(self._index.values())
+        return self._bytes
 
     def names(self, tokens: list[int]) -> list[str]:
-        """The file name of each whole block of `tokens`."""
+        """The file name of each whole block of `tokens` (a request's prompt is named on every fetch and
+        store: its tokens are packed once, not per block)."""
+        packed = np.asarray(tokens, dtype=np.uint32).tobytes()
+        width = BLOCK_TOKENS * 4
         names, digest = [], self._seed
-        for end in range(BLOCK_TOKENS, len(tokens) + 1, BLOCK_TOKENS):
-            block = json.dumps(tokens[end - BLOCK_TOKENS : end]).encode()
-            digest = hashlib.sha256(digest + block).digest()
+        for end in range(width, len(packed) + 1, width):
+            digest = hashlib.sha256(digest + packed[end - width : end]).digest()
             names.append(digest.hex()[:40] + SUFFIX)
         return names
 
@@ -168,6 +171,7 @@ class DiskTier:
             return False
         for _, name, size in sorted(files):
             self._index[name] = size
+        self._bytes = sum(self._index.values())
         return True
 
     def _write_all(self) -> None:
@@ -202,9 +206,12 @@ class DiskTier:
         self.stats.bytes_written += size
         with self._lock:
             self._index[name] = size
+            self._bytes += size
             victims = []
-            while sum(self._index.values()) > self.max_bytes and len(self._index) > 1:
-                victims.append(self._index.popitem(last=False)[0])
+            while self._bytes > self.max_bytes and len(self._index) > 1:
+                victim, freed = self._index.popitem(last=False)
+                self._bytes -= freed
+                victims.append(victim)
         for victim in victims:
             (self.folder / victim).unlink(missing_ok=True)
 
@@ -219,7 +226,7 @@ class DiskTier:
         log.warning("%s", message)
         self.stats.blocks_skipped += 1
         with self._lock:
-            self._index.pop(name, None)
+            self._bytes -= self._index.pop(name, 0)
         (self.folder / name).unlink(missing_ok=True)
 
 

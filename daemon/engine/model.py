@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.engine.grammar import GrammarCompiler
-from daemon.store.files import context_length_of, fingerprint, read_json, resolve_path
+from daemon.store.files import attention_shape, context_length_of, fingerprint, read_json, resolve_path
 
 
 @dataclass
@@ -78,10 +78,8 @@ def prepare_model(
 
 def _check_kv(config: dict[str, Any], bits: int, group_size: int) -> None:
     """Refuse a KV quantization the model's heads cannot take."""
-    text = config.get("text_config") or config
-    head = text.get("head_dim") or (text.get("hidden_size") or 0) // (text.get("num_attention_heads") or 1)
-    if bits and head % group_size:
-        raise ValueError(f"kv_group_size {group_size} does not divide the model's head size {head}")
+    if bits and (shape := attention_shape(config)) is not None and shape[2] % group_size:
+        raise ValueError(f"kv_group_size {group_size} does not divide the model's head size {shape[2]}")
 
 
 def load_weights(prepared: PreparedModel, path: Path) -> LoadedModel:

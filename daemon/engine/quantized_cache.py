@@ -14,13 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 import mlx.core as mx
+from mlx.utils import tree_map
 from mlx_lm.models.cache import BatchKVCache, KVCache, QuantizedKVCache, dynamic_roll
 
 Triple = tuple[mx.array, mx.array, mx.array]
-
-
-def _each(function, triple: Triple | None) -> Any:
-    return None if triple is None else tuple(function(array) for array in triple)
 
 
 class QuantizedCache(QuantizedKVCache):
@@ -49,8 +46,8 @@ class BatchQuantizedKVCache(BatchKVCache):
                 self.keys, self.values = new_keys, new_values
             else:
                 kept = (
-                    _each(lambda x: x[..., :prev, :], self.keys),
-                    _each(lambda x: x[..., :prev, :], self.values),
+                    tree_map(lambda x: x[..., :prev, :], self.keys),
+                    tree_map(lambda x: x[..., :prev, :], self.values),
                 )
                 self.keys = tuple(
                     mx.concatenate(pair, axis=2) for pair in zip(kept[0], new_keys, strict=True)
@@ -66,28 +63,29 @@ class BatchQuantizedKVCache(BatchKVCache):
         return self.keys_and_values()
 
     def keys_and_values(self) -> tuple[Triple, Triple]:
-        return _each(lambda x: x[..., : self._idx, :], self.keys), _each(
+        return tree_map(lambda x: x[..., : self._idx, :], self.keys), tree_map(
             lambda x: x[..., : self._idx, :], self.values
         )
 
     def finalize(self) -> None:
         if self._right_padding is not None:
             padding = self._right_padding[:, None]
-            self.keys = _each(lambda x: dynamic_roll(x, padding, axis=2), self.keys)
-            self.values = _each(lambda x: dynamic_roll(x, padding, axis=2), self.values)
+            self.keys = tree_map(lambda x: dynamic_roll(x, padding, axis=2), self.keys)
+            self.values = tree_map(lambda x: dynamic_roll(x, padding, axis=2), self.values)
             self.offset = self.offset - self._right_padding
             self.left_padding += self._right_padding
             self._right_padding = None
 
     def filter(self, batch_indices: Any) -> None:
-        self.keys = _each(lambda x: x[batch_indices], self.keys)
-        self.values = _each(lambda x: x[batch_indices], self.values)
+        if self.keys is not None:
+            self.keys = tree_map(lambda x: x[batch_indices], self.keys)
+            self.values = tree_map(lambda x: x[batch_indices], self.values)
         self.offset = self.offset[batch_indices]
         self.left_padding = self.left_padding[batch_indices]
         shift = min(self.left_padding.tolist())
-        if shift > 0:  # drop the padding every row has
-            self.keys = _each(lambda x: x[..., shift:, :], self.keys)
-            self.values = _each(lambda x: x[..., shift:, :], self.values)
+        if shift > 0 and self.keys is not None:  # drop the padding every row has
+            self.keys = tree_map(lambda x: x[..., shift:, :], self.keys)
+            self.values = tree_map(lambda x: x[..., shift:, :], self.values)
             self._idx -= shift
             self.left_padding -= shift
 
@@ -112,7 +110,7 @@ class BatchQuantizedKVCache(BatchKVCache):
                     x = x[..., :right, :]
                 return mx.pad(x, [(0, 0), (0, 0), (left, max(right, 0)), (0, 0)]) if left or right > 0 else x
 
-            return _each(pad, keys), _each(pad, values), c.offset, c.left_padding + left
+            return tree_map(pad, keys), tree_map(pad, values), c.offset, c.left_padding + left
 
         mine, theirs = padded(self), padded(other)
         self.keys = tuple(mx.concatenate(pair) for pair in zip(mine[0], theirs[0], strict=True))
@@ -124,8 +122,10 @@ class BatchQuantizedKVCache(BatchKVCache):
     def extract(self, idx: int) -> QuantizedCache:
         cache = QuantizedCache(self.group_size, self.bits)
         padding = self.left_padding.tolist()[idx]
-        cache.keys = _each(lambda x: mx.contiguous(x[idx : idx + 1, :, padding : self._idx]), self.keys)
-        cache.values = _each(lambda x: mx.contiguous(x[idx : idx + 1, :, padding : self._idx]), self.values)
+        cache.keys = tree_map(lambda x: mx.contiguous(x[idx : idx + 1, :, padding : self._idx]), self.keys)
+        cache.values = tree_map(
+            lambda x: mx.contiguous(x[idx : idx + 1, :, padding : self._idx]), self.values
+        )
         cache.offset = self._idx - padding
         return cache
 
@@ -138,8 +138,10 @@ class BatchQuantizedKVCache(BatchKVCache):
             return cls([0] * len(caches), group_size, bits)
         padding = [longest - length for length in lengths]
         full = next(c for c in caches if c.keys is not None)
-        keys = _each(lambda x: mx.zeros((len(caches), x.shape[1], longest, x.shape[3]), x.dtype), full.keys)
-        values = _each(
+        keys = tree_map(
+            lambda x: mx.zeros((len(caches), x.shape[1], longest, x.shape[3]), x.dtype), full.keys
+        )
+        values = tree_map(
             lambda x: mx.zeros((len(caches), x.shape[1], longest, x.shape[3]), x.dtype), full.values
         )
         for row, (pad, c) in enumerate(zip(padding, caches, strict=True)):
@@ -176,7 +178,7 @@ class BatchQuantizedKVCache(BatchKVCache):
 
     @staticmethod
     def _empty(triple: Triple, rows: int) -> Triple:
-        return _each(lambda x: mx.zeros((rows, x.shape[1], 0, x.shape[3]), x.dtype), triple)
+        return tree_map(lambda x: mx.zeros((rows, x.shape[1], 0, x.shape[3]), x.dtype), triple)
 
 
 def quantized(cache: list[Any], group_size: int, bits: int) -> list[Any]:

@@ -248,13 +248,12 @@ class ChatCompletionRequest(WireModel):
         if problem := value_problem(self):
             path, message = problem
             raise FieldError(written_path(path), message)
-        parts = sum(
-            isinstance(model, TextPart | RefusalPart | ImagePart | ToolCall) for _, model in models(self)
-        )
+        walked = [model for _, model in models(self)]  # one walk of the request for both counts
+        parts = sum(isinstance(model, TextPart | RefusalPart | ImagePart | ToolCall) for model in walked)
         if parts > MAX_BLOCKS:
             raise FieldError("messages", f"{parts} content parts and tool calls in all; at most {MAX_BLOCKS}")
         images, most = (
-            sum(isinstance(m, ImagePart) for _, m in models(self)),
+            sum(isinstance(model, ImagePart) for model in walked),
             limits_of(info.context).max_images,
         )
         if images > most:

@@ -73,18 +73,28 @@ def stated_kv_bytes_per_token(path: Path, bits: int = 0, group_size: int = 64) -
     return kv_bytes_per_token(config, bits, group_size) if config else None
 
 
-def kv_bytes_per_token(config: dict[str, Any], bits: int = 0, group_size: int = 64) -> int | None:
-    """Bytes of KV state one token takes in a plain attention cache: keys and values of every layer's KV
-    heads, at the model's activation dtype (2 bytes, 4 for a float32 model), or quantized to `bits` with a
-    scale and a bias of that dtype per `group_size` values; an upper bound for models with sliding-window
-    layers. None when the config does not state the attention's shape."""
+def attention_shape(config: dict[str, Any]) -> tuple[int, int, int] | None:
+    """(layers, KV heads, head size) as a config states them (a vision model's in its `text_config`);
+    KV heads default to the attention heads, the head size to the hidden size over them. None when the
+    config does not say."""
     text = config.get("text_config") or config
     heads = text.get("num_attention_heads")
     kv_heads = text.get("num_key_value_heads") or heads
     head_dim = text.get("head_dim") or (text.get("hidden_size") or 0) // (heads or 1)
     layers = text.get("num_hidden_layers")
-    if not all(isinstance(value, int) and value > 0 for value in (layers, kv_heads, head_dim)):
+    shape = (layers, kv_heads, head_dim)
+    return shape if all(isinstance(value, int) and value > 0 for value in shape) else None  # type: ignore[return-value]
+
+
+def kv_bytes_per_token(config: dict[str, Any], bits: int = 0, group_size: int = 64) -> int | None:
+    """Bytes of KV state one token takes in a plain attention cache: keys and values of every layer's KV
+    heads, at the model's activation dtype (2 bytes, 4 for a float32 model), or quantized to `bits` with a
+    scale and a bias of that dtype per `group_size` values; an upper bound for models with sliding-window
+    layers. None when the config does not state the attention's shape."""
+    if (shape := attention_shape(config)) is None:
         return None
+    layers, kv_heads, head_dim = shape
+    text = config.get("text_config") or config
     width = 4 if (text.get("torch_dtype") or config.get("torch_dtype")) == "float32" else 2
     per_head = head_dim * bits // 8 + head_dim // group_size * 2 * width if bits else head_dim * width
     return 2 * layers * kv_heads * per_head
