@@ -112,6 +112,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
             constrained=settings.constrained_decoding,
             **_speculation(settings.speculation_of(m)),
             kv=settings.kv_of(m),
+            vision=m.vision,
         )
         for m in settings.served_models()
     ]

@@ -18,6 +18,7 @@ import pytest
 
 from tests.models import endless_model
 from tests.trained import Example, trained_model
+from tests.vision_model import vision_model
 
 MODELS = Path(__file__).parent / ".models"
 MLXD = Path(sys.executable).parent / "mlxd"
@@ -59,6 +60,12 @@ def tiny_model() -> Path:
 @pytest.fixture(scope="session")
 def trained() -> Path:
     return trained_model(TRAINED_EXAMPLES, cache_dir=MODELS)
+
+
+@pytest.fixture(scope="session")
+def vision() -> Path:
+    """A tiny vision model trained to name the colour of the image it is shown (see `tests.vision_model`)."""
+    return vision_model(MODELS)
 
 
 @dataclass

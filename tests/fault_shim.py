@@ -7,7 +7,11 @@ A request asks for a fault with a stop sequence `FAULT:<stage>` (the tiny models
 - `prefill`: in its logits processor's first call, as its prompt's processing ends;
 - `decode`: in its logits processor's third call, mid-generation;
 - `read`: while its output tokens are decoded into blocks;
-- `batch`: in the model's next forward pass, a fault of the whole batch that no request owns.
+- `batch`: in the model's next forward pass, a fault of the whole batch that no request owns;
+- `image`: in a vision model's prefill of its prompt's images, before the vision tower runs;
+- `slow-image`: not a fault: the vision tower's run on its images ends only once the engine has ended
+  another request meanwhile (it fails if none ends within a minute), which it can only do if the batch
+  keeps going while an image is encoded.
 A request for a model named `fault-encode` (routed to the served model by a `[[model_rules]]` pattern)
 fails while its stream events are encoded.
 
@@ -17,12 +21,14 @@ Run as `python tests/fault_shim.py serve …`, with the arguments of `mlxd serve
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
 from typing import Any
 
 from daemon.api import messages
 from daemon.cli import main
 from daemon.engine import runner
 from daemon.engine.decoder import OutputDecoder
+from daemon.engine.vision_model import VisionPrefill
 
 TRIGGER = "FAULT:"
 ENCODE_MODEL = "fault-encode"
@@ -74,6 +80,10 @@ def insert(self: runner.Engine, batch: Any, job: runner.GenerationJob, submitted
     _admitting.clear()
     _admitting.update(asked)  # read by `logits_processors`, called from the original `_insert`
     _insert(self, batch, job, submitted, hit)
+    if "image" in asked:
+        self._prefills[-1][1].fault = True  # the prefill `_insert` queued for this job
+    if "slow-image" in asked:
+        self._prefills[-1][1].slow = True
 
 
 def logits_processors(prompt: Any, model: Any) -> tuple[list, Any]:
@@ -101,6 +111,45 @@ def _arm_forward_fault(model: Any) -> None:
     _forward_fault.set()
 
 
+_advance = VisionPrefill.advance
+
+
+def advance(self: VisionPrefill, **kwargs: Any) -> None:
+    if getattr(self, "fault", False):
+        raise InjectedFault("image prefill")
+    _advance(self, **kwargs)
+
+
+_start = VisionPrefill._start
+_ended = threading.Condition()
+_ended_count = 0
+_end = runner.Engine._end
+
+
+def end(self: runner.Engine, job: Any, event: Any) -> None:
+    global _ended_count
+    _end(self, job, event)
+    with _ended:
+        _ended_count += 1
+        _ended.notify_all()
+
+
+def start(self: VisionPrefill) -> None:
+    _start(self)
+    if getattr(self, "slow", False) and self._encoding is not None:
+        encoded, self._encoding = self._encoding, Future()
+        threading.Thread(target=_after_another, args=(encoded, self._encoding, _ended_count)).start()
+
+
+def _after_another(encoded: Future, slow: Future, ended_before: int) -> None:
+    with _ended:
+        another = _ended.wait_for(lambda: _ended_count > ended_before, timeout=60)
+    if another:
+        slow.set_result(encoded.result())
+    else:
+        slow.set_exception(InjectedFault("no other request ended while the image was encoded"))
+
+
 _feed = OutputDecoder.feed
 
 
@@ -122,6 +171,9 @@ class FailingStream(messages.MessageStream):
 runner.Engine._insert = insert
 runner.logits_processors = logits_processors
 OutputDecoder.feed = feed
+VisionPrefill.advance = advance
+VisionPrefill._start = start
+runner.Engine._end = end
 messages.MessageStream = FailingStream
 
 if __name__ == "__main__":

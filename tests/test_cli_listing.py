@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -122,11 +123,13 @@ def test_model_facts() -> None:
     )
     assert facts_lines(plain)[-5:] == [
         "KV cache:      unknown (the config does not state the attention's shape)",
-        "images:        no: mlxd does not run its vision tower yet",
+        "images:        no: mlx-vlm does not run its vision tower",
         "tool calls:    no",
         "thinking:      no",
         "chat template: no (prompts are plain transcripts)",
     ]
+    seeing = dataclasses.replace(plain, vision="qwen2_vl")
+    assert "images:        yes (vision tower run by mlx-vlm's qwen2_vl)" in facts_lines(seeing)
 
 
 def test_inventory_lists_the_configured_models_then_the_cache() -> None:

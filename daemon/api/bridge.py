@@ -103,6 +103,7 @@ class RequestLog:
         self.metrics = metrics
         self.prompt_tokens = len(prompt.tokens)
         self.images_omitted = images_omitted
+        self.images_seen = len(prompt.vision.spans) if prompt.vision is not None else 0
         if images_omitted:
             metrics.images_omitted.labels(model).inc(images_omitted)
         self.grammar = prompt.grammar
@@ -116,7 +117,7 @@ class RequestLog:
         rate = (event.usage.output_tokens - 1) / event.decode_seconds if event.decode_seconds > 0 else 0.0
         ttft = f"{event.time_to_first_token:.3f}s" if event.time_to_first_token is not None else "-"
         log.info(
-            "model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s%s%s%s",
+            "model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s%s%s%s%s",
             self.model,
             self.prompt_tokens,
             event.usage.cached_tokens,
@@ -127,6 +128,7 @@ class RequestLog:
             _speculation_figures(event),
             self._grammar_figures(event),
             f" images_omitted={self.images_omitted}" if self.images_omitted else "",
+            f" images={self.images_seen} image_encode={event.image_seconds:.3f}s" if self.images_seen else "",
             extra=self._names,
         )
 

@@ -39,7 +39,7 @@ def describe(model_id: str, served: ServedModel) -> dict:
         "owned_by": "mlxd",
         "model": served.name,
         "loaded": served.engine.resident,
-        "images": False,  # mlxd runs no vision tower yet: an image becomes a note (see text_model_images)
+        "images": served.takes_images(),  # else an image becomes a note (see text_model_images)
     }
     if (context := served.context_length()) is not None:
         entry["context_length"] = context

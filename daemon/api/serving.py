@@ -153,15 +153,21 @@ class Generation:
 
 
 def _images_omitted(served: ServedModel, chat: ChatRequest) -> int:
-    """The images of a request to a model that cannot see them (every model mlxd serves, for now): each is
-    replaced by a note the model reads, and the response says so in a header; with `text_model_images =
-    "refuse"`, the request is a 400 instead."""
-    if not (images := chat.images()):
+    """The images of a request to a model that cannot see them: each is replaced by a note the model reads,
+    and the response says so in a header; with `text_model_images = "refuse"`, the request is a 400 that
+    names the models here that do see images."""
+    if served.loaded.vision is not None or not (images := chat.images()):
         return 0
     if current_app.config["MLXD_TEXT_MODEL_IMAGES"] == "refuse":
+        seeing = [other.name for other in _registry() if other.takes_images()]
         raise invalid_request(
             f'model {served.name} cannot see images, and text_model_images is "refuse": the request holds '
-            f"{images} images; no model served here takes images"
+            f"{images} images; "
+            + (
+                f"models served here that take images: {', '.join(seeing)}"
+                if seeing
+                else "no model served here takes images"
+            )
         )
 
     @after_this_request

@@ -50,6 +50,7 @@ class Finished:
     mask_seconds: float = 0.0  # spent computing those masks
     proposed_tokens: int = 0  # speculative decoding: tokens proposed for verification
     accepted_tokens: int = 0  # and those of them the model's own decoding confirmed
+    image_seconds: float = 0.0  # the vision tower's run on the prompt's images (those not cached)
 
 
 @dataclass(frozen=True)

@@ -108,12 +108,18 @@ def facts_lines(facts: ModelFacts) -> list[str]:
         ("context", f"{facts.context_length} tokens"),
         ("size", format_bytes(facts.weight_bytes)),
         ("KV cache", _kv_line(facts.kv_bytes_per_token)),
-        ("images", "no: mlxd does not run its vision tower yet" if facts.vision_tower else "no"),
+        ("images", _images_line(facts)),
         ("tool calls", f"yes ({facts.tool_parser} format)" if facts.tool_parser else "no"),
         ("thinking", f"yes ({' … '.join(facts.thinking)})" if facts.thinking else "no"),
         ("chat template", "yes" if facts.chat_template else "no (prompts are plain transcripts)"),
     ]
     return [f"{label + ':':<15}{value}" for label, value in labelled]
+
+
+def _images_line(facts: ModelFacts) -> str:
+    if facts.vision:
+        return f"yes (vision tower run by mlx-vlm's {facts.vision})"
+    return "no: mlx-vlm does not run its vision tower" if facts.vision_tower else "no"
 
 
 def _kv_line(per_token: tuple[int, int, int] | None) -> str:

@@ -72,6 +72,7 @@ class ModelConfig(BaseModel):
     num_draft_tokens: int | None = Field(None, ge=1, le=MAX_DRAFT_TOKENS)  # None: the top-level one
     kv_bits: KVBits | None = None  # None: the top-level `kv_bits`
     kv_group_size: KVGroupSize | None = None  # None: the top-level one
+    vision: bool = True  # a vision tower mlx-vlm runs sees the images; false: they are notes, tower unloaded
 
     @property
     def sampling(self) -> dict[str, Any]:

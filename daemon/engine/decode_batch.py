@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,7 @@ class _Scored:
 class DecodeBatch(GenerationBatch):
     def __init__(self, *args: Any, **kwargs: Any):
         self.speculations: dict[int, Speculation] = {}  # by uid; shared with the `Generator`
+        self.deltas: dict[int, int] = {}  # by uid: a vision prompt's position shift (see `vision_model`)
         self._alone = False  # the one sequence steps on per-sequence caches
         self.cost = StepCost()
         self.prefilling = False  # set by the `Generator`: this step also processes prompts
@@ -75,6 +77,7 @@ class DecodeBatch(GenerationBatch):
         gone = set(range(len(self.uids))) - set(keep)
         for row in gone:
             self.speculations.pop(self.uids[row], None)
+            self.deltas.pop(self.uids[row], None)
         if keep:
             self._rejoin()
         self._alone = False
@@ -105,6 +108,12 @@ class DecodeBatch(GenerationBatch):
     # -- stepping ---------------------------------------------------------------------------------------
 
     def next(self) -> list[GenerationBatch.Response]:
+        if not self.deltas:
+            return self._next()
+        with self.model.shifted([self.deltas.get(uid, 0) for uid in self.uids]):
+            return self._next()
+
+    def _next(self) -> list[GenerationBatch.Response]:
         self._time_last_step()
         if not self.uids:
             self._timing = None
@@ -331,6 +340,33 @@ class Generator(BatchGenerator):
         self._generation_batch.prefilling = bool(self._unprocessed_sequences) or len(self._prompt_batch) > 0
         return super()._next()
 
+    def join(self, cache: list, tokens: list[int], delta: int, max_tokens: int, sampler, processors) -> int:
+        """Start decoding a sequence whose cache holds every token of its prompt but the last (a prompt with
+        images, prefilled apart); `delta` shifts its positions. Returns its uid."""
+        uid, self._uid_count = self._uid_count, self._uid_count + 1
+        with mx.stream(self._stream), _shifted(self.model, [delta]):
+            joining = GenerationBatch(
+                self.model,
+                [uid],
+                mx.array(tokens[-1:]),
+                _merge_caches([cache]),
+                [list(tokens[:-1])],
+                [sampler],
+                self.sampler,
+                [processors],
+                [self._default_stop_sequences],
+                [max_tokens],
+            )
+            self._generation_batch.extend(joining)
+        if delta:
+            self._generation_batch.deltas[uid] = delta
+        return uid
+
+    @property
+    def room(self) -> bool:
+        """Another sequence may join the decoding batch now."""
+        return len(self._generation_batch) < self.completion_batch_size
+
     def speculate(self, uid: int, speculation: Speculation) -> None:
         """Let the sequence propose tokens from here on."""
         self._generation_batch.speculations[uid] = speculation
@@ -342,4 +378,10 @@ class Generator(BatchGenerator):
         caches = super().remove(uids, return_prompt_caches)
         for uid in uids:
             self._generation_batch.speculations.pop(uid, None)
+            self._generation_batch.deltas.pop(uid, None)
         return caches
+
+
+def _shifted(model: Any, deltas: list[int]) -> Any:
+    """`model.shifted(deltas)` for a vision model's language model; nothing to do for any other."""
+    return model.shifted(deltas) if hasattr(model, "shifted") else contextlib.nullcontext()

@@ -116,9 +116,11 @@ def build_model(path: Path, shape: ModelShape = ModelShape(), seed: int = 0) -> 
     return path
 
 
-def _write_tokenizer(folder: Path, vocab_size: int, template: str) -> tuple[int, int]:
-    """Train a byte-level BPE tokenizer on the corpus and save it; returns the EOS token id and the
-    number of tokens."""
+def _write_tokenizer(
+    folder: Path, vocab_size: int, template: str, extra_special: tuple[str, ...] = ()
+) -> tuple[int, int]:
+    """Train a byte-level BPE tokenizer on the corpus and save it, with `extra_special` tokens after the
+    usual ones; returns the EOS token id and the number of tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -127,7 +129,7 @@ def _write_tokenizer(folder: Path, vocab_size: int, template: str) -> tuple[int,
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=[*SPECIAL_TOKENS, *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -136,7 +138,7 @@ def _write_tokenizer(folder: Path, vocab_size: int, template: str) -> tuple[int,
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:],
+        additional_special_tokens=[*SPECIAL_TOKENS[1:], *extra_special],
     )
     wrapped.chat_template = template
     wrapped.save_pretrained(str(folder))

@@ -1,6 +1,7 @@
-"""Loading one model in two steps through mlx-lm's own loaders: first its tokenizer and the facts the server
-needs (context length, recommended sampling), which is enough to render and check prompts; then its
-weights, which are what take memory and time."""
+"""Loading one model in two steps through mlx-lm's own loaders (mlx-vlm's for a model with a vision tower
+mlx-vlm runs): first its tokenizer (and image processor) and the facts the server needs (context length,
+recommended sampling), which is enough to render and check prompts; then its weights, which are what take
+memory and time."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from daemon.engine.grammar import GrammarCompiler
-from daemon.store.files import attention_shape, context_length_of, fingerprint, read_json, resolve_path
+from daemon.engine.vision import Vision
+from daemon.store.files import (
+    attention_shape,
+    context_length_of,
+    fingerprint,
+    read_json,
+    resolve_path,
+    vision_type,
+)
 
 
 @dataclass
@@ -26,6 +35,7 @@ class PreparedModel:
     speculative: str = "off"  # how its sequences propose tokens to verify: "prompt-lookup" or "off"
     num_draft_tokens: int = 8  # the longest proposal
     kv: tuple[int, int] = (0, 64)  # its KV cache's (bits, group size); 0 bits: the model's own precision
+    vision: Vision | None = None  # how it sees images; None: a text model (or its vision tower left off)
 
 
 @dataclass(kw_only=True)
@@ -47,11 +57,13 @@ def prepare_model(
     speculative: str = "off",
     num_draft_tokens: int = 8,
     kv: tuple[int, int] = (0, 64),
+    vision: bool = True,
 ) -> PreparedModel:
     """Read the tokenizer and config, as `mlx_lm.load` would; `sampling` overrides the model's own
     recommendations (generation_config.json); `constrained`: its output may be held to grammars;
     `speculative` and `num_draft_tokens`: how its decoding speculates; `kv`: its KV cache's bits (0: the
-    model's own precision) and group size, which must divide its head size."""
+    model's own precision) and group size, which must divide its head size; `vision`: a vision tower mlx-vlm
+    runs sees the images (else they are notes, as for a text model)."""
     from mlx_lm.utils import load_config, load_tokenizer
 
     from daemon.engine.sampling import model_defaults
@@ -73,6 +85,7 @@ def prepare_model(
         speculative=speculative,
         num_draft_tokens=num_draft_tokens,
         kv=kv,
+        vision=Vision(path, tokenizer) if vision and vision_type(config) else None,
     )
 
 
@@ -84,9 +97,16 @@ def _check_kv(config: dict[str, Any], bits: int, group_size: int) -> None:
 
 def load_weights(prepared: PreparedModel, path: Path) -> LoadedModel:
     """The prepared model with its weights, read from `path`: what `resolve_path` gives for its source."""
-    from mlx_lm.utils import load_model as load_mlx_model
+    if prepared.vision is not None:
+        from mlx_vlm.utils import load_model as load_vision_model
 
-    model, _ = load_mlx_model(path)
+        from daemon.engine.vision_model import VisionLanguage
+
+        model = VisionLanguage(load_vision_model(path))
+    else:
+        from mlx_lm.utils import load_model as load_mlx_model
+
+        model, _ = load_mlx_model(path)
     facts = {f.name: getattr(prepared, f.name) for f in fields(PreparedModel)}
     return LoadedModel(**{**facts, "path": path}, model=model, fingerprint=fingerprint(path))
 

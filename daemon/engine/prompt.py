@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import secrets
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import TemplateError
 from mlx_lm.utils import common_prefix_len
@@ -25,6 +27,9 @@ from daemon.engine.tools import (
     generic_instructions,
     model_format,
 )
+
+if TYPE_CHECKING:
+    from daemon.engine.vision import VisionInputs
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +51,32 @@ class Prompt:
     thinking_budget: int | None = None
     grammar: Grammar | None = None  # what the response is held to: its calls, or a JSON answer
     grammar_begun: tuple[int, ...] = ()  # what of it the prompt already holds (an assistant turn continued)
+    images: tuple[Image, ...] = ()  # for a vision model: its images, in the order the prompt shows them
+    vision: VisionInputs | None = None  # and what they are to the model, once `Vision.expand` has run
 
 
-def chat_messages(request: ChatRequest) -> list[ChatMessage]:
-    """The request's system prompt and messages as chat-template messages, in order."""
+class _Marked(list):
+    """A vision model's images, as `chat_messages` meets them; each stands in the messages as a mark of
+    this render's own (no client text can forge it) until they are final and it becomes the placeholder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nonce = secrets.token_hex(8)
+        self.pattern = re.compile(f"\x00image-{self.nonce}-(\\d+)\x00")
+
+    def mark(self, image: Image) -> str:
+        self.append(image)
+        return f"\x00image-{self.nonce}-{len(self) - 1}\x00"
+
+
+def chat_messages(request: ChatRequest, images: _Marked | None = None) -> list[ChatMessage]:
+    """The request's system prompt and messages as chat-template messages, in order. With `images`, each
+    image is appended to it and marked where it stands; without, it is the note a text model reads."""
     out: list[ChatMessage] = []
     if request.system:
         out.append({"role": "system", "content": "\n\n".join(request.system)})
     for message in request.messages:
-        out.extend(_convert(message))
+        out.extend(_convert(message, images))
     return _merge_consecutive(out)
 
 
@@ -69,11 +91,18 @@ def tool_definitions(request: ChatRequest) -> list[dict[str, Any]]:
     ]
 
 
-def render(tokenizer: Any, request: ChatRequest, grammars: GrammarCompiler | None = None) -> Prompt:
+def render(
+    tokenizer: Any,
+    request: ChatRequest,
+    grammars: GrammarCompiler | None = None,
+    image_placeholder: str | None = None,
+) -> Prompt:
     """Tokens of the prompt exactly as the model will process it, and how to read what it writes. With
     `grammars`, calls in a format that has a grammar, and an answer asked to fit a schema, are held to one
-    (raises `GrammarError` when a schema cannot be enforced)."""
-    messages = chat_messages(request)
+    (raises `GrammarError` when a schema cannot be enforced). With `image_placeholder` (a vision model's),
+    each image is written as it, and the prompt lists its images in that order."""
+    marked = _Marked() if image_placeholder is not None else None
+    messages = chat_messages(request, marked)
     if len(messages) > 1 and messages[-1] == {"role": "assistant", "content": ""}:
         messages.pop()  # an empty assistant turn prefills nothing
     tools = tool_definitions(request)
@@ -84,6 +113,7 @@ def render(tokenizer: Any, request: ChatRequest, grammars: GrammarCompiler | Non
         tool_format = GENERIC_FORMAT
         messages = _with_generic_tools(messages, tools)
     template_tools = tools if tool_format is not GENERIC_FORMAT else []
+    images = _place_images(messages, marked, image_placeholder) if marked is not None else ()
     thinking = request.thinking.enabled
     prefill = messages[-1]["role"] == "assistant" and _plain(messages[-1])
     kwargs: dict[str, Any] = {
@@ -94,7 +124,7 @@ def render(tokenizer: Any, request: ChatRequest, grammars: GrammarCompiler | Non
     }
     if not tokenizer.has_chat_template:
         tokens = list(tokenizer.encode(_plain_transcript(messages, prefill)))
-        return Prompt(tokens, thinking, False, tools, prefill)
+        return Prompt(tokens, thinking, False, tools, prefill, images=images)
     tokens = list(_apply_template(tokenizer, messages, kwargs))
     starts_in_thinking = False
     if tokenizer.has_thinking:
@@ -106,7 +136,7 @@ def render(tokenizer: Any, request: ChatRequest, grammars: GrammarCompiler | Non
         head = [m for m in messages[:1] if m["role"] == "system"] + [{"role": "user", "content": ""}]
         head_kwargs = {**kwargs, "add_generation_prompt": False, "continue_final_message": False}
         shared = common_prefix_len(tokens, _apply_template(tokenizer, head, head_kwargs))
-    prompt = Prompt(tokens, thinking, starts_in_thinking, tools, prefill, shared, tool_format)
+    prompt = Prompt(tokens, thinking, starts_in_thinking, tools, prefill, shared, tool_format, images=images)
     budget = request.thinking.budget_tokens if thinking else None
     choice = request.tool_choice
     guided = grammars is not None and constrains_calls(tool_format, request.tools, choice, grammars)
@@ -186,19 +216,29 @@ def _apply_template(tokenizer: Any, messages: list[ChatMessage], kwargs: dict[st
         return tokenizer.apply_chat_template(_demote_late_system(messages), **kwargs)
 
 
-def _convert(message: Message) -> list[ChatMessage]:
+def _place_images(messages: list[ChatMessage], marked: _Marked, placeholder: str) -> tuple[Image, ...]:
+    """Write each marked image as `placeholder`; the images in the order the messages now show them."""
+    order: list[Image] = []
+    for message in messages:
+        if isinstance(message.get("content"), str):
+            order += [marked[int(n)] for n in marked.pattern.findall(message["content"])]
+            message["content"] = marked.pattern.sub(lambda _: placeholder, message["content"])
+    return tuple(order)
+
+
+def _convert(message: Message, images: _Marked | None) -> list[ChatMessage]:
     if message.role == "assistant":
         return [_assistant(message)]
     results: list[ChatMessage] = []
     texts: list[str] = []
     for part in message.parts:
         if isinstance(part, ToolResult):
-            content = "\n".join(_text_of(inner) for inner in part.content)
+            content = "\n".join(_text_of(inner, images) for inner in part.content)
             if part.is_error:
                 content = f"Error: {content}"
             results.append({"role": "tool", "tool_call_id": part.call_id, "content": content})
         else:
-            texts.append(_text_of(part))
+            texts.append(_text_of(part, images))
     # A turn with nothing the model can be shown (only redacted thinking, say) still takes its place.
     turn = [{"role": message.role, "content": "\n".join(texts)}] if texts or not results else []
     return results + turn
@@ -226,11 +266,14 @@ def _assistant(message: Message) -> ChatMessage:
     return out
 
 
-def _text_of(part: object) -> str:
-    """Plain text for a part in a turn; what a text-only model can be told of an image or a call."""
+def _text_of(part: object, images: _Marked | None = None) -> str:
+    """Plain text for a part in a turn: an image is marked for a vision model (`images` collects it), else
+    what a text-only model can be told of it; a call is its JSON."""
     match part:
         case Text(text=text):
             return text
+        case Image() if images is not None:
+            return images.mark(part)
         case Image():
             return IMAGE_OMITTED
         case ToolCall(name=name, arguments=arguments):

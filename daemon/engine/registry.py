@@ -34,8 +34,10 @@ from daemon.engine.status import ModelStatus
 from daemon.store.files import (
     estimate_weight_bytes,
     local_path,
+    read_json,
     resolve_path,
     stated_context_length,
+    vision_type,
     weight_bytes,
 )
 
@@ -64,6 +66,7 @@ class ModelSpec:
     draft_model: str | None = None  # for "draft": the draft model's source
     num_draft_tokens: int = 8  # the longest proposal
     kv: tuple[int, int] = (0, 64)  # its KV cache's (bits, group size); 0 bits: the model's own precision
+    vision: bool = True  # a vision tower mlx-vlm runs sees the images; False leaves it unloaded
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,7 @@ class ServedModel:
                 speculative=spec.speculative,
                 num_draft_tokens=spec.num_draft_tokens,
                 kv=spec.kv,
+                vision=spec.vision,
             )
         except Exception as error:  # whatever the files or the network did: reported, never fatal
             raise ModelLoadError(f"model {spec.name} cannot be loaded from {spec.source}: {error}") from error
@@ -143,8 +147,18 @@ class ServedModel:
             self._context_length = stated_context_length(path)
         return self._context_length
 
+    def takes_images(self) -> bool:
+        """Its images reach a vision tower (as its config says, before it is prepared)."""
+        if self._prepared is not None:
+            return self._prepared.vision is not None
+        path = local_path(self.spec.source)
+        return bool(self.spec.vision and path and vision_type(read_json(path / "config.json")))
+
     def render(self, request: ChatRequest) -> Prompt:
-        return render(self.loaded.tokenizer, request, self.loaded.grammars)
+        """The prompt; a vision model's with its images' own tokens in place (their count included)."""
+        loaded, vision = self.loaded, self.loaded.vision
+        prompt = render(loaded.tokenizer, request, loaded.grammars, vision.placeholder if vision else None)
+        return vision.expand(prompt) if vision else prompt
 
     def parts(self, request: ChatRequest) -> list[Part]:
         return request_parts(request)

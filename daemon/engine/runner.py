@@ -14,11 +14,9 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 
-from daemon.chat.events import Failed, Finished, GenerationEvent, Started, Usage
+from daemon.chat.events import Failed, GenerationEvent, Started
 from daemon.config.logs import current_request
-from daemon.engine.constrained import GrammarConstraint
 from daemon.engine.constraints import logits_processors
 from daemon.engine.decode_batch import Generator
 from daemon.engine.decoder import OutputDecoder
@@ -29,7 +27,9 @@ from daemon.engine.lookup import PromptLookup
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt_cache import CacheHit, DiskReads, PromptCache
 from daemon.engine.reuse import ReuseMonitor
+from daemon.engine.sequence import Sequence
 from daemon.engine.speculation import Proposer, Speculation
+from daemon.engine.vision_model import VisionPrefill
 
 log = logging.getLogger(__name__)
 
@@ -42,36 +42,15 @@ STEP_FAILED = "generation failed inside the engine; see the server log"
 REQUEST_FAILED = "generation of this request failed inside the engine; see the server log"
 
 
-@dataclass
-class _Running:
-    job: GenerationJob
-    decoder: OutputDecoder
-    submitted: float
-    reused: int
-    segments_left: int  # segment boundaries still to reach, each storing its prefix in the cache
-    first_token: float | None = None
-    output_tokens: int = 0
-    grammar: GrammarConstraint | None = None  # what holds this sequence to its grammar
-    speculation: Speculation | None = None  # what this sequence proposes, and its counts
-    fault: BaseException | None = None  # raised by this request's own sampler or logits processors
-
-    def fault_in(self, error: BaseException) -> None:
-        if self.fault is None:
-            self.fault = error
-
-    @property
-    def prewarm(self) -> bool:
-        """`max_tokens: 0`: process the prompt into the cache and answer nothing."""
-        return self.job.max_tokens == 0
-
-
 class Engine:
     def __init__(self, loaded: LoadedModel, cache: PromptCache, limits: EngineLimits | None = None):
         self.loaded = loaded
         self.cache = cache
         self.limits = limits or EngineLimits()
         self._inbox: queue.Queue = queue.Queue()
-        self._running: dict[int, _Running] = {}
+        self._running: dict[int, Sequence] = {}
+        # Prompts with images, prefilled apart from the batch (first come first served, a unit per loop).
+        self._prefills: list[tuple[Sequence, VisionPrefill]] = []
         # Every job accepted and not yet ended, queued ones included: each leaves it only through `_end`,
         # which sends its one terminal event, and whatever is left when the thread stops ends there too.
         self._jobs: dict[GenerationJob, None] = {}
@@ -137,12 +116,14 @@ class Engine:
             # streams here, since left to the thread's teardown they abort the process.
             mx.synchronize(stream)
             mx.clear_streams()
+            if self.loaded.vision is not None:
+                self.loaded.model.encoder.close()
 
     def _serve(self, stream) -> None:
         """Admit, step and retire jobs until told to stop."""
         batch = self._new_batch(stream)
         while True:
-            incoming = self._take_inbox(block=not self._running)
+            incoming = self._take_inbox(block=not self._running and not self._prefills)
             if _STOP in incoming:
                 batch.close()
                 self._reads.close()
@@ -152,6 +133,8 @@ class Engine:
                 self._admit(batch, job, submitted)
             for job, submitted, hit in self._reads.done():
                 self._admit(batch, job, submitted, hit)
+            if self._prefills:
+                self._advance_prefill(batch)
             try:
                 self._step(batch)
             except Exception:
@@ -202,33 +185,86 @@ class Engine:
     def _insert(self, batch, job: GenerationJob, submitted: float, hit: CacheHit | None) -> None:
         prompt = job.prompt
         if hit is None:
-            hit = self.cache.fetch(prompt.tokens)
+            hit = self.cache.fetch(list(prompt.vision.key) if prompt.vision else prompt.tokens)
             if hit.on_disk:
                 self._reads.start(job, submitted, hit)
                 return
         self.cache.count(hit)
         self._reuse.check(job.parts, hit.reused, len(prompt.tokens))
+        if prompt.vision is not None:
+            prefill = VisionPrefill(
+                self.loaded.model,
+                prompt.tokens,
+                prompt.vision,
+                hit.reused,
+                hit.cache,
+                step=self.limits.prefill_step_size,
+                kv=self.loaded.kv,
+            )
+            self._prefills.append((self._sequence(job, submitted, hit.reused, 0), prefill))
+            return
         # The shared prefix (system prompt and tools) becomes its own segment when it is not cached yet, so
         # that its KV state is stored as soon as it is computed, for concurrent requests that share it.
         boundaries = [b for b in (prompt.shared_prefix,) if hit.reused < b < len(prompt.tokens) - 1]
         cuts = [hit.reused, *boundaries, len(prompt.tokens)]
         segments = [prompt.tokens[a:b] for a, b in itertools.pairwise(cuts)]
-        decoder = OutputDecoder(self.loaded.tokenizer, prompt, job.stop_sequences)
-        processors, grammar = logits_processors(prompt, self.loaded)
-        running = _Running(job, decoder, submitted, hit.reused, len(boundaries), grammar=grammar)
+        sequence = self._sequence(job, submitted, hit.reused, len(boundaries))
         (uid,) = batch.insert_segments(
             [segments],
             max_tokens=[max(job.max_tokens, 1)],
             caches=[hit.cache],
             all_tokens=[prompt.tokens[: hit.reused]],
-            samplers=[guard_sampler(job.sampling.sampler(self._vocab_size), running.fault_in)],
-            logits_processors=[[GuardedProcessor(p, running.fault_in) for p in processors]],
+            samplers=[self._sampler(sequence)],
+            logits_processors=[self._processors(sequence)],
         )
-        if not running.prewarm and (proposer := self._proposer(job)) is not None:
-            running.speculation = Speculation(proposer, job.sampling, self.loaded.num_draft_tokens)
-            batch.speculate(uid, running.speculation)
-        self._running[uid] = running
-        job.emit(Started(self._usage(running)))
+        self._start(batch, uid, sequence)
+
+    def _sequence(self, job: GenerationJob, submitted: float, reused: int, boundaries: int) -> Sequence:
+        decoder = OutputDecoder(self.loaded.tokenizer, job.prompt, job.stop_sequences)
+        sequence = Sequence(job, decoder, submitted, reused, boundaries)
+        sequence.processors, sequence.grammar = logits_processors(job.prompt, self.loaded)
+        return sequence
+
+    def _sampler(self, sequence: Sequence):
+        return guard_sampler(sequence.job.sampling.sampler(self._vocab_size), sequence.fault_in)
+
+    def _processors(self, sequence: Sequence) -> list:
+        return [GuardedProcessor(p, sequence.fault_in) for p in sequence.processors]
+
+    def _start(self, batch, uid: int, sequence: Sequence) -> None:
+        """The sequence is in the batch as `uid`: it may speculate, and its client hears it started."""
+        job = sequence.job
+        if not sequence.prewarm and (proposer := self._proposer(job)) is not None:
+            sequence.speculation = Speculation(proposer, job.sampling, self.loaded.num_draft_tokens)
+            batch.speculate(uid, sequence.speculation)
+        self._running[uid] = sequence
+        job.emit(Started(sequence.usage(caching=bool(self.cache.max_bytes))))
+
+    def _advance_prefill(self, batch) -> None:
+        """One unit of the oldest image prefill; once its cache is whole and the batch has room, it joins."""
+        sequence, prefill = self._prefills[0]
+        job = sequence.job
+        label = current_request.set(job.label)
+        try:
+            if job.cancelled:
+                self._prefills.pop(0)
+                self._end(job, None)
+            elif not prefill.finished:
+                prefill.advance(idle=not self._running)
+            elif batch.room:
+                self._prefills.pop(0)
+                sequence.image_seconds = prefill.encode_seconds
+                processors, sampler = self._processors(sequence), self._sampler(sequence)
+                tokens, most = job.prompt.tokens, max(job.max_tokens, 1)
+                uid = batch.join(prefill.cache, tokens, prefill.delta, most, sampler, processors)
+                self._start(batch, uid, sequence)
+        except Exception:
+            log.exception("could not process the prompt's images")
+            if self._prefills and self._prefills[0][0] is sequence:
+                self._prefills.pop(0)
+            self._end(job, Failed(REQUEST_FAILED))
+        finally:
+            current_request.reset(label)
 
     def _proposer(self, job: GenerationJob) -> Proposer | None:
         """What the model's `speculative` setting makes the sequence's proposer."""
@@ -271,7 +307,7 @@ class Engine:
             # A cancelled turn's prompt is still worth keeping: a client often resends it.
             for uid, (cache, tokens) in batch.remove(gone, return_prompt_caches=True).items():
                 if cache is not None and len(tokens) > self._running[uid].reused:
-                    self.cache.store(tokens, cache)
+                    self.cache.store(self._running[uid].cache_key(tokens), cache)
             for uid in gone:
                 self._retire(uid, None)
 
@@ -288,7 +324,7 @@ class Engine:
             self._running[uid].segments_left -= 1
             self.cache.store(tokens, cache, kind="system")
 
-    def _on_token(self, batch, response, running: _Running) -> None:
+    def _on_token(self, batch, response, running: Sequence) -> None:
         if running.first_token is None:
             running.first_token = time.perf_counter()
         decoder = running.decoder
@@ -307,7 +343,7 @@ class Engine:
         else:
             return
         del self._running[response.uid]
-        self.cache.store(tokens, cache)
+        self.cache.store(running.cache_key(tokens), cache)
         if running.speculation is not None:
             running.speculation.proposer.finish()
         if running.prewarm:
@@ -321,34 +357,7 @@ class Engine:
                 reason = "tool_use" if decoder.tool_calls else "end_turn"
             else:
                 reason = "max_tokens"
-        self._end(running.job, self._finished(running, reason))
-
-    def _finished(self, running: _Running, reason: str) -> Finished:
-        now = time.perf_counter()
-        first = running.first_token or now
-        return Finished(
-            stop_reason=reason,  # type: ignore[arg-type]
-            stop_sequence=running.decoder.stop_sequence,
-            usage=self._usage(running, output_tokens=running.output_tokens),
-            time_to_first_token=first - running.submitted,
-            decode_seconds=now - first,
-            tool_parse_failures=running.decoder.parse_failures,
-            constrained_tokens=running.grammar.tokens if running.grammar else 0,
-            mask_seconds=running.grammar.mask_seconds if running.grammar else 0.0,
-            proposed_tokens=running.speculation.proposed if running.speculation else 0,
-            accepted_tokens=running.speculation.accepted if running.speculation else 0,
-        )
-
-    def _usage(self, running: _Running, output_tokens: int = 0) -> Usage:
-        """The prompt's split: read from the cache, and newly written to it (the whole rest, unless the
-        cache is off)."""
-        prompt_tokens = len(running.job.prompt.tokens)
-        return Usage(
-            prompt_tokens=prompt_tokens,
-            cached_tokens=running.reused,
-            stored_tokens=prompt_tokens - running.reused if self.cache.max_bytes else 0,
-            output_tokens=output_tokens,
-        )
+        self._end(running.job, running.finished(reason, caching=bool(self.cache.max_bytes)))
 
     def _retire(self, uid: int, event: GenerationEvent | None, batch=None) -> None:
         """End a running sequence's job with `event`, freeing its place in `batch` when given."""

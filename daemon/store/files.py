@@ -137,3 +137,16 @@ def estimate_weight_bytes(source: str) -> int | None:
     except Exception:  # best effort: no listing cached, or a hub library without one; the load will tell
         return None
     return sum(f.size for f in listing if fnmatch.fnmatch(f.path, WEIGHT_FILES)) or None
+
+
+def vision_type(config: dict[str, Any]) -> str | None:
+    """The mlx-vlm model type that runs this model's vision tower, when it has one mlx-vlm supports."""
+    if "vision_config" not in config:
+        return None
+    from mlx_vlm.utils import get_model_and_args
+
+    try:
+        get_model_and_args(dict(config))
+    except (ImportError, KeyError, ValueError):
+        return None
+    return str(config.get("model_type"))

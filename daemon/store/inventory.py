@@ -18,6 +18,7 @@ from daemon.store.files import (
     download_patterns,
     kv_bytes_per_token,
     local_path,
+    vision_type,
     weight_bytes,
 )
 
@@ -56,10 +57,11 @@ class ModelFacts:
     context_length: int
     weight_bytes: int
     kv_bytes_per_token: tuple[int, int, int] | None  # full precision, 8-bit, 4-bit; None: not in the config
-    vision_tower: bool  # its config has one (mlxd does not run it yet)
+    vision_tower: bool  # its config has one
     tool_parser: str | None  # the format mlx-lm parses tool calls in; None: no tool calling
     thinking: tuple[str, str] | None  # the tokens around reasoning; None: no thinking
     chat_template: bool
+    vision: str | None = None  # the mlx-vlm model type that runs its vision tower; None: none mlx-vlm runs
 
 
 def source_of(model: str | None, settings: Settings) -> str:
@@ -199,6 +201,7 @@ def describe(source: str) -> ModelFacts:
         context_length=context_length_of(config),
         weight_bytes=weight_bytes(path),
         kv_bytes_per_token=_kv_sizes(config),
+        vision=vision_type(config),
         vision_tower="vision_config" in config,
         tool_parser=parser.__module__.rsplit(".", 1)[-1] if tokenizer.has_tool_calling and parser else None,
         thinking=(tokenizer.think_start, tokenizer.think_end) if tokenizer.has_thinking else None,

@@ -1,0 +1,110 @@
+"""Builds small random-weight vision models (Qwen2-VL's shape, in mlx-vlm's own classes, with the tokenizer
+and image-processor files it loads), for the tests and the benchmarks: `mlx_vlm.load` reads them unchanged."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.engine.demo_model import _write_tokenizer, chat_template
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN2_VL_MAX_PIXELS = 12_845_056  # Qwen2-VL's own processor: a 1024x768 screenshot is 972 image tokens
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """The numbers of a Qwen2-VL-family model: its language model, vision tower and image processor."""
+
+    text: dict = field(
+        default_factory=lambda: {
+            "hidden_size": 64,
+            "num_hidden_layers": 2,
+            "intermediate_size": 128,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},  # halves of 16-wide heads
+        }
+    )
+    vision: dict = field(
+        default_factory=lambda: {
+            "depth": 1,
+            "embed_dim": 32,
+            "hidden_size": 64,
+            "num_heads": 2,
+            "mlp_ratio": 2,
+        }
+    )
+    min_pixels: int = 56 * 56
+    max_pixels: int = 112 * 112
+
+
+def build_vision_model(path: Path, shape: VisionShape = VisionShape(), seed: int = 0) -> Path:
+    """Write a random-weight vision model folder at `path`."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.models import qwen2_vl
+    from transformers import PreTrainedTokenizerFast
+
+    path.mkdir(parents=True)
+    eos, vocab = _write_tokenizer(path, 1024, vision_template(), VISION_TOKENS)
+    token = PreTrainedTokenizerFast.from_pretrained(str(path)).convert_tokens_to_ids
+    vision = {
+        "patch_size": 14,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "in_channels": 3,
+        "in_chans": 3,
+    }
+    vision |= shape.vision
+    config = {
+        "model_type": "qwen2_vl",
+        "architectures": ["Qwen2VLForConditionalGeneration"],
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1_000_000.0,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        **shape.text,
+        "vocab_size": vocab,
+        "eos_token_id": eos,
+        "image_token_id": token("<|image_pad|>"),
+        "video_token_id": token("<|video_pad|>"),
+        "vision_start_token_id": token("<|vision_start|>"),
+        "vision_end_token_id": token("<|vision_end|>"),
+        "vision_config": vision,
+    }
+    processor = {
+        "image_processor_type": "Qwen2VLImageProcessor",
+        "min_pixels": shape.min_pixels,
+        "max_pixels": shape.max_pixels,
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    }
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    (path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
+    model_config = qwen2_vl.ModelConfig.from_dict(dict(config))
+    model_config.vision_config = qwen2_vl.VisionConfig.from_dict(vision)
+    model_config.text_config = qwen2_vl.TextConfig.from_dict(config)
+    mx.random.seed(seed)
+    model = qwen2_vl.Model(model_config)
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    return path
+
+
+def vision_template() -> str:
+    """mlxd's chat template, writing an image part as Qwen2-VL's template does."""
+    text_only = "{%- if part.type == 'text' -%}{{ part.text }}{%- endif -%}"
+    with_images = (
+        "{%- if part.type == 'text' -%}{{ part.text }}{%- elif part.type == 'image' -%}"
+        "<|vision_start|><|image_pad|><|vision_end|>{%- endif -%}"
+    )
+    template = chat_template()
+    if text_only not in template:
+        raise RuntimeError("the chat template's text_of macro changed: teach vision_template the new one")
+    return template.replace(text_only, with_images)
