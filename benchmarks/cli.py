@@ -65,6 +65,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="time to first token from a cold, RAM and disk prefix (--cache-tiers --help: its options)",
     )
+    cli.add_argument(
+        "--vision",
+        action="store_true",
+        help="time to first token with a screenshot, cold and cached (--vision --help: its options)",
+    )
     return cli
 
 
@@ -78,6 +83,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         from benchmarks import cache_tiers
 
         return cache_tiers.main([arg for arg in argv if arg != "--cache-tiers"], prog=f"{prog} --cache-tiers")
+    if "--vision" in argv:
+        from benchmarks import vision
+
+        return vision.main([arg for arg in argv if arg != "--vision"], prog=f"{prog} --vision")
     for flag in ("--constrained", "--speculative"):
         if flag in argv:
             return _checkout_benchmark(flag, [arg for arg in argv if arg != flag], prog)

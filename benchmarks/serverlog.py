@@ -1,6 +1,6 @@
 """What mlxd itself logged of each request: its INFO line (`daemon/api/bridge.py`), found by the request id
 the response carried, with the engine's decode rate, speculation's counts and, for a constrained request,
-the grammar's figures."""
+the grammar's figures, and the vision tower's time on a prompt's images."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ LINE = re.compile(
     r"ttft=\S+ tok/s=(?P<tps>[\d.]+) stop=(?P<stop>\S+)"
     r"(?: spec=accepted:(?P<accepted>\d+)/(?P<proposed>\d+)\(\d+%\))?"
     r"(?: grammar=compile:(?P<compile>[\d.]+)ms,mask:(?P<mask>\d+)us/tok)?"
+    r"(?: images_omitted=\d+)?"
+    r"(?: images=\d+ image_encode=(?P<encode>[\d.]+)s)?"
 )
 WAIT_S = 10  # for the last lines to reach the file
 
@@ -32,6 +34,7 @@ class Served:
     mask_us: float | None  # per masked token
     proposed: int = 0  # speculative decoding: tokens proposed
     accepted: int = 0  # and accepted
+    image_seconds: float = 0.0  # the vision tower's run on the prompt's images
 
 
 def read(log_path: Path, ids: Iterable[str]) -> dict[str, Served]:
@@ -63,4 +66,5 @@ def _served(match: re.Match[str]) -> Served:
         mask_us=float(match["mask"]) if match["mask"] is not None else None,
         proposed=int(match["proposed"] or 0),
         accepted=int(match["accepted"] or 0),
+        image_seconds=float(match["encode"] or 0.0),
     )

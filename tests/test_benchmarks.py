@@ -134,3 +134,15 @@ def test_cache_tiers_smoke_run_writes_its_report(tmp_path: Path) -> None:
     assert set(kv) == {0, 8, 4} and all(is_number(row["decode_tps"]) for row in kv.values())
     assert kv[4]["bytes_per_token"] < kv[8]["bytes_per_token"] < kv[0]["bytes_per_token"]
     assert is_number(results["attention_ms"]["bf16"]) and is_number(results["attention_ms"]["8bit"])
+
+
+def test_vision_smoke_run_writes_its_report(tmp_path: Path) -> None:
+    """`--vision`: a screenshot's first token cold and on the second turn, which reads it from the cache
+    (the vision tower not run again)."""
+    out = tmp_path / "vision"
+    assert main(["--vision", "--smoke", "--models-dir", str(MODELS), "--out", str(out)]) == 0
+    [row] = json.loads((out / "vision.json").read_text())["rows"]
+    assert is_number(row["cold_ttft_s"]) and is_number(row["cached_ttft_s"])
+    # The second turn's vision tower did not run: the screenshot's span was read from the cache.
+    assert row["cold_encode_s"] > 0 and row["cached_encode_s"] == 0 and row["cached_tokens"] > 0
+    assert "| 2nd / cold |" in (out / "vision.md").read_text()
