@@ -234,3 +234,18 @@ def test_other_requests_go_on_while_an_image_is_encoded(vision: Path, tmp_path: 
                 answered += 1
             assert slow.result().content[0].text == "blue"
     assert answered >= 1
+
+
+def test_vision_false_leaves_the_tower_off(vision: Path, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(config_toml({}, [{"name": "vision", "source": str(vision), "vision": False}]))
+    body = {"model": "vision", "max_tokens": 3, "messages": in_user_turn("red")}
+    with (
+        run_server(tmp_path, "--config", str(config), env=server_env(tmp_path)) as running,
+        running.http() as http,
+    ):
+        response = http.post("/v1/messages", json=body)
+        listed = http.get("/v1/models/vision").json()
+    assert response.status_code == 200, response.text
+    assert response.headers["mlxd-warning"] == "1 images omitted: model vision cannot see images"
+    assert listed["images"] is False
