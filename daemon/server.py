@@ -24,7 +24,8 @@ from quart import Quart, Response, g, request
 
 from daemon import __version__
 from daemon.anthropic.errors import envelope, error_type
-from daemon.api import admin, boundary, chat_completions, errors, health, messages, metrics, models
+from daemon.api import admin, boundary, chat_completions, errors, health, messages, metrics, models, page
+from daemon.api.activity import Activity
 from daemon.api.auth import token_checker
 from daemon.api.metrics import Metrics
 from daemon.chat.images import ImageLimits
@@ -66,6 +67,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         PROVIDE_AUTOMATIC_OPTIONS=False,  # no CORS preflight is ever granted; see daemon.api.boundary
         MLXD_REGISTRY=registry,
         MLXD_METRICS=Metrics(registry),
+        MLXD_ACTIVITY=Activity(),
         MLXD_PING_INTERVAL=settings.ping_interval,
         MLXD_STREAM_BUFFER_EVENTS=settings.stream_buffer_events,
         MLXD_STRIP_BILLING_HEADER=settings.strip_billing_header,
@@ -90,7 +92,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         return response
 
     errors.register(app)
-    for module in (health, models, messages, chat_completions, metrics, admin):
+    for module in (health, models, messages, chat_completions, metrics, admin, page):
         app.register_blueprint(module.blueprint)
     return app
 

@@ -1,5 +1,6 @@
 """The daemon's administration, behind the token like every route but health: what is loaded
-(`GET /v1/admin/ps`), and loading or unloading a model by name (`POST /v1/admin/models/{name}/load` and
+(`GET /v1/admin/ps`), the requests running and recent (`GET /v1/admin/requests`, for the status page), and
+loading or unloading a model by name (`POST /v1/admin/models/{name}/load` and
 `/unload`). `mlxd ps` and `mlxd models load|unload` call these."""
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ async def ps() -> dict:
         "weight_bytes": sum(model["weight_bytes"] for model in models),
         "kv_bytes": sum(served.engine.kv_bytes for served in registry),
         "active_memory_bytes": active_memory(),
+    }
+
+
+@blueprint.route("/v1/admin/requests", methods=["GET"])
+async def requests() -> dict:
+    """The requests running now, by model, with each model's queue, and the recent ones, newest first."""
+    registry = _registry()
+    live = [{"model": served.name, **figures} for served in registry for figures in served.engine.live()]
+    return {
+        "live": live,
+        "queued": {served.name: served.engine.queued for served in registry},
+        "recent": current_app.config["MLXD_ACTIVITY"].recent(),
     }
 
 

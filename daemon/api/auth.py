@@ -11,8 +11,9 @@ from quart import request
 
 from daemon.chat.errors import RequestError
 
-# Probes that must answer without a token: health checks, and Claude Code's reachability HEADs.
-OPEN_ROUTES = {("GET", "/health"), ("HEAD", "/health"), ("HEAD", "/"), ("HEAD", "/api/hello")}
+# What must answer without a token: health checks, Claude Code's reachability HEADs, and the status page's
+# HTML, which holds no data (its script sends the token on the admin routes it reads).
+OPEN_ROUTES = {("GET", "/health"), ("HEAD", "/health"), ("HEAD", "/"), ("HEAD", "/api/hello"), ("GET", "/")}
 
 
 def presented_tokens() -> list[bytes]:

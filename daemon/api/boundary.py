@@ -70,9 +70,11 @@ class Boundary:
             )
 
     def check_origin(self) -> None:
-        # Programs send no Origin; browsers always do on cross-site requests, and on every POST.
+        # Programs send no Origin; browsers always do on cross-site requests, and on every POST. The
+        # daemon's own status page, at the Host just checked, is the one origin always let in.
         origin = request.headers.get("origin")
-        if origin is not None and origin.lower().rstrip("/") not in self.origins:
+        own = f"http://{request.headers.get('host', '')}".lower()
+        if origin is not None and origin.lower().rstrip("/") not in self.origins | {own}:
             raise RequestError(
                 403,
                 f"Origin {_shown(origin)} is not allowed: mlxd answers web pages only from the origins in "

@@ -7,9 +7,11 @@ import asyncio
 import logging
 import threading
 import weakref
+from typing import Any
 
+from daemon.api.activity import Activity
 from daemon.api.metrics import Metrics
-from daemon.chat.events import Failed, Finished, GenerationEvent
+from daemon.chat.events import Failed, Finished, GenerationEvent, Started
 from daemon.engine.jobs import GenerationJob
 from daemon.engine.prompt import Prompt
 
@@ -96,9 +98,17 @@ class RequestLog:
     """The one INFO line per request: id, model, token counts, first-token latency, speed, stop reason."""
 
     def __init__(
-        self, request_id: str, model: str, prompt: Prompt, metrics: Metrics, images_omitted: int = 0
+        self,
+        request_id: str,
+        model: str,
+        prompt: Prompt,
+        metrics: Metrics,
+        images_omitted: int = 0,
+        activity: Activity | None = None,
     ):
         self.request_id = request_id
+        self.activity = activity  # where the status page reads recent requests
+        self.cache_miss: str | None = None
         self.model = model
         self.metrics = metrics
         self.prompt_tokens = len(prompt.tokens)
@@ -112,9 +122,26 @@ class RequestLog:
         # Lines logged from a stream's body name the request whatever context the body runs in.
         self._names = {"request_id": request_id}
 
+    def started(self, event: Started) -> None:
+        self.cache_miss = event.cache_miss
+
     def finished(self, event: Finished) -> None:
         self.metrics.generation(self.model, event)
         rate = (event.usage.output_tokens - 1) / event.decode_seconds if event.decode_seconds > 0 else 0.0
+        self._record(
+            cached_tokens=event.usage.cached_tokens,
+            output_tokens=event.usage.output_tokens,
+            ttft_s=event.time_to_first_token,
+            tokens_per_second=rate,
+            stop_reason=event.stop_reason,
+            proposed_tokens=event.proposed_tokens,
+            accepted_tokens=event.accepted_tokens,
+            constrained_tokens=event.constrained_tokens,
+            mask_us_per_token=event.mask_seconds / event.constrained_tokens * 1e6
+            if event.constrained_tokens
+            else None,
+            image_seconds=event.image_seconds if self.images_seen else None,
+        )
         ttft = f"{event.time_to_first_token:.3f}s" if event.time_to_first_token is not None else "-"
         log.info(
             "model=%s prompt=%d cached=%d output=%d ttft=%s tok/s=%.1f stop=%s%s%s%s%s",
@@ -139,7 +166,20 @@ class RequestLog:
         mask = event.mask_seconds / event.constrained_tokens if event.constrained_tokens else 0.0
         return f" grammar=compile:{self.grammar.compile_seconds * 1e3:.1f}ms,mask:{mask * 1e6:.0f}us/tok"
 
+    def _record(self, **figures: Any) -> None:
+        if self.activity is not None:
+            self.activity.record(
+                {
+                    "request_id": self.request_id,
+                    "model": self.model,
+                    "prompt_tokens": self.prompt_tokens,
+                    "cache_miss": self.cache_miss,
+                    **figures,
+                }
+            )
+
     def failed(self, event: Failed) -> None:
+        self._record(error=event.message)
         log.warning(
             "model=%s prompt=%d failed: %s", self.model, self.prompt_tokens, event.message, extra=self._names
         )

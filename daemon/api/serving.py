@@ -16,7 +16,7 @@ from quart import after_this_request, current_app, g
 
 from daemon.api.bridge import EngineEvents, RequestLog
 from daemon.chat.errors import RequestError, invalid_request
-from daemon.chat.events import Failed, Finished, GenerationEvent
+from daemon.chat.events import Failed, Finished, GenerationEvent, Started
 from daemon.chat.request import ChatRequest
 from daemon.engine.grammar import GrammarError
 from daemon.engine.jobs import GenerationJob, Overloaded
@@ -72,7 +72,8 @@ async def start(chat: ChatRequest) -> Generation:
     # The task that runs this request also sends its response, and is cancelled when the client goes
     # away, at whatever point: once it ends, the engine frees the slot at its next step.
     asyncio.current_task().add_done_callback(lambda _: job.cancel())
-    record = RequestLog(g.request_id, served.name, prompt, current_app.config["MLXD_METRICS"], images)
+    metrics, activity = current_app.config["MLXD_METRICS"], current_app.config["MLXD_ACTIVITY"]
+    record = RequestLog(g.request_id, served.name, prompt, metrics, images, activity)
     return Generation(prompt, events, record, current_app.config["MLXD_PING_INTERVAL"])
 
 
@@ -94,7 +95,9 @@ class Generation:
         return [self._logged(event) for event in self._events.ready()]
 
     def _logged(self, event: GenerationEvent) -> GenerationEvent:
-        if isinstance(event, Finished):
+        if isinstance(event, Started):
+            self._record.started(event)
+        elif isinstance(event, Finished):
             self._record.finished(event)
         elif isinstance(event, Failed):
             self._record.failed(event)

@@ -65,6 +65,7 @@ class Started:
     """The prompt is admitted into the batch; `usage` carries its token counts (no output yet)."""
 
     usage: Usage
+    cache_miss: str | None = None  # why it reused little of a recent, related prompt's prefix
 
 
 GenerationEvent = Started | BlockStart | BlockDelta | BlockStop | Finished | Failed

@@ -7,6 +7,7 @@ import click
 from daemon import __version__
 from daemon.cli.claude import claude
 from daemon.cli.models import models, ps
+from daemon.cli.page import open_page
 from daemon.cli.serve import bench, serve
 from daemon.cli.service import service
 from daemon.cli.token import token
@@ -21,5 +22,5 @@ def main() -> None:
     """
 
 
-for command in (serve, service, token, claude, models, ps, bench):
+for command in (serve, service, token, claude, models, ps, open_page, bench):
     main.add_command(command)

@@ -72,6 +72,11 @@ class OnDemandEngine:
         engine = self._engine
         return engine.kv_bytes if engine else 0
 
+    def live(self) -> list[dict]:
+        """The loaded model's sequences running now (see `Engine.live`)."""
+        engine = self._engine
+        return engine.live() if engine else []
+
     @property
     def busy(self) -> bool:
         """A request is running or waiting for this model."""

@@ -30,29 +30,32 @@ class ReuseMonitor:
     def __init__(self, remember: int = 32):
         self._recent: deque[list[Part]] = deque(maxlen=remember)
 
-    def check(self, parts: list[Part], reused: int, prompt_tokens: int) -> None:
-        """Log why a request that resembles a recent one reused little of it (logged under its request id)."""
+    def check(self, parts: list[Part], reused: int, prompt_tokens: int) -> str | None:
+        """Why a request that resembles a recent one reused little of it (`system block 3 changed`,
+        `evicted`), also logged under its request id; None when it did not miss."""
         related = max(self._recent, key=lambda old: _alike(old, parts), default=None)
         self._recent.append(parts)
         if related is None or prompt_tokens < 256 or reused >= prompt_tokens // 2:
-            return
+            return None
         if _alike(related, parts) < len(related) // 2:
-            return  # little in common: a new conversation, not a miss
+            return None  # little in common: a new conversation, not a miss
         shared = _shared(related, parts)
         if shared < len(related):
+            changed = parts[shared][0] if shared < len(parts) else "its end"
             log.info(
                 "reused %d of %d prompt tokens from the cache; it first differs from a recent request at %s",
                 reused,
                 prompt_tokens,
-                parts[shared][0] if shared < len(parts) else "its end",
+                changed,
             )
-        else:
-            log.info(
-                "reused %d of %d prompt tokens although it extends a recent request: that prefix was "
-                "evicted from the prompt cache (raise prompt_cache_bytes to keep more)",
-                reused,
-                prompt_tokens,
-            )
+            return f"{changed} changed"
+        log.info(
+            "reused %d of %d prompt tokens although it extends a recent request: that prefix was "
+            "evicted from the prompt cache (raise prompt_cache_bytes to keep more)",
+            reused,
+            prompt_tokens,
+        )
+        return "evicted"
 
 
 def _alike(a: list[Part], b: list[Part]) -> int:

@@ -72,6 +72,12 @@ class Engine:
     def queued(self) -> int:
         return max(0, len(self._jobs) - self.limits.max_sequences)
 
+    def live(self) -> list[dict]:
+        """The sequences running now (read from any thread: a snapshot of the engine thread's)."""
+        now, prefills = time.perf_counter(), list(self._prefills)
+        running = [s.figures(now) for s in list(self._running.values())]
+        return running + [s.figures(now, prefilling=True) for s, _ in prefills]
+
     @property
     def alive(self) -> bool:
         """The engine takes jobs: it was not closed and its thread did not stop."""
@@ -190,7 +196,7 @@ class Engine:
                 self._reads.start(job, submitted, hit)
                 return
         self.cache.count(hit)
-        self._reuse.check(job.parts, hit.reused, len(prompt.tokens))
+        miss = self._reuse.check(job.parts, hit.reused, len(prompt.tokens))
         if prompt.vision is not None:
             prefill = VisionPrefill(
                 self.loaded.model,
@@ -201,14 +207,14 @@ class Engine:
                 step=self.limits.prefill_step_size,
                 kv=self.loaded.kv,
             )
-            self._prefills.append((self._sequence(job, submitted, hit.reused, 0), prefill))
+            self._prefills.append((self._sequence(job, submitted, hit.reused, 0, miss), prefill))
             return
         # The shared prefix (system prompt and tools) becomes its own segment when it is not cached yet, so
         # that its KV state is stored as soon as it is computed, for concurrent requests that share it.
         boundaries = [b for b in (prompt.shared_prefix,) if hit.reused < b < len(prompt.tokens) - 1]
         cuts = [hit.reused, *boundaries, len(prompt.tokens)]
         segments = [prompt.tokens[a:b] for a, b in itertools.pairwise(cuts)]
-        sequence = self._sequence(job, submitted, hit.reused, len(boundaries))
+        sequence = self._sequence(job, submitted, hit.reused, len(boundaries), miss)
         (uid,) = batch.insert_segments(
             [segments],
             max_tokens=[max(job.max_tokens, 1)],
@@ -219,9 +225,11 @@ class Engine:
         )
         self._start(batch, uid, sequence)
 
-    def _sequence(self, job: GenerationJob, submitted: float, reused: int, boundaries: int) -> Sequence:
+    def _sequence(
+        self, job: GenerationJob, submitted: float, reused: int, cuts: int, miss: str | None
+    ) -> Sequence:
         decoder = OutputDecoder(self.loaded.tokenizer, job.prompt, job.stop_sequences)
-        sequence = Sequence(job, decoder, submitted, reused, boundaries)
+        sequence = Sequence(job, decoder, submitted, reused, cuts, cache_miss=miss)
         sequence.processors, sequence.grammar = logits_processors(job.prompt, self.loaded)
         return sequence
 
@@ -238,7 +246,7 @@ class Engine:
             sequence.speculation = Speculation(proposer, job.sampling, self.loaded.num_draft_tokens)
             batch.speculate(uid, sequence.speculation)
         self._running[uid] = sequence
-        job.emit(Started(sequence.usage(caching=bool(self.cache.max_bytes))))
+        job.emit(Started(sequence.usage(caching=bool(self.cache.max_bytes)), sequence.cache_miss))
 
     def _advance_prefill(self, batch) -> None:
         """One unit of the oldest image prefill; once its cache is whole and the batch has room, it joins."""

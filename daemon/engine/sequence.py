@@ -27,6 +27,7 @@ class Sequence:
     speculation: Speculation | None = None  # what this sequence proposes, and its counts
     fault: BaseException | None = None  # raised by this request's own sampler or logits processors
     image_seconds: float = 0.0  # the vision tower's run on its images
+    cache_miss: str | None = None  # why it reused little of a related recent prompt (`ReuseMonitor`)
 
     def fault_in(self, error: BaseException) -> None:
         if self.fault is None:
@@ -44,6 +45,22 @@ class Sequence:
         if vision is None:
             return tokens
         return [*vision.key, *tokens[len(vision.key) :]]
+
+    def figures(self, now: float, *, prefilling: bool = False) -> dict:
+        """What the status page shows of it while it runs."""
+        first = self.first_token
+        decoding = now - first if first is not None else 0.0
+        return {
+            "request_id": self.job.label,
+            "state": "prefilling" if prefilling else "decoding" if first is not None else "prompt",
+            "prompt_tokens": len(self.job.prompt.tokens),
+            "cached_tokens": self.reused,
+            "output_tokens": self.output_tokens,
+            "ttft_s": first - self.submitted if first is not None else None,
+            "tokens_per_second": (self.output_tokens - 1) / decoding if decoding > 0 else None,
+            "seconds": now - self.submitted,
+            "cache_miss": self.cache_miss,
+        }
 
     def usage(self, *, caching: bool, output_tokens: int = 0) -> Usage:
         """The prompt's split: read from the cache, and newly written to it (the whole rest, unless the
