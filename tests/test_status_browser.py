@@ -63,7 +63,7 @@ def server(trained: Path, tmp_path: Path) -> Iterator[RunningServer]:
         yield running
 
 
-def test_the_page_shows_the_requests_with_their_cache_figures(
+def test_the_page_shows_the_requests_with_their_cache_figures_and_its_buttons_work(
     browser, server: RunningServer, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
@@ -88,6 +88,15 @@ def test_the_page_shows_the_requests_with_their_cache_figures(
     assert "system block 3 changed" in shown[changed] and "system block 3 changed" not in shown[first]
     models = browser.execute_script("return document.getElementById('models').innerText")
     assert "trained" in models and "loaded" in models
+
+    # The models' buttons unload and load the model (clicked in a script: the table is redrawn every second).
+    def state() -> str:
+        return browser.execute_script("return document.querySelector('#models tr').cells[1].textContent")
+
+    browser.execute_script("document.querySelector('#models button').click()")
+    wait_for(lambda: state() == "unloaded", "the unload button to unload the model")
+    browser.execute_script("document.querySelector('#models button').click()")
+    wait_for(lambda: state() == "loaded", "the load button to load it again")
     browser.save_screenshot(str(tmp_path / "status-page.png"))
     if target := os.environ.get("MLXD_SCREENSHOT"):
         browser.save_screenshot(target)
