@@ -21,7 +21,7 @@ from daemon.engine.constraints import logits_processors
 from daemon.engine.decode_batch import Generator
 from daemon.engine.decoder import OutputDecoder
 from daemon.engine.draft import DraftProposer
-from daemon.engine.guards import GuardedProcessor, guard_sampler, reset_random_state
+from daemon.engine.guards import reset_random_state
 from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
 from daemon.engine.lookup import PromptLookup
 from daemon.engine.model import LoadedModel
@@ -220,8 +220,8 @@ class Engine:
             max_tokens=[max(job.max_tokens, 1)],
             caches=[hit.cache],
             all_tokens=[prompt.tokens[: hit.reused]],
-            samplers=[self._sampler(sequence)],
-            logits_processors=[self._processors(sequence)],
+            samplers=[sequence.guarded_sampler(self._vocab_size)],
+            logits_processors=[sequence.guarded_processors()],
         )
         self._start(batch, uid, sequence)
 
@@ -232,12 +232,6 @@ class Engine:
         sequence = Sequence(job, decoder, submitted, reused, cuts, cache_miss=miss)
         sequence.processors, sequence.grammar = logits_processors(job.prompt, self.loaded)
         return sequence
-
-    def _sampler(self, sequence: Sequence):
-        return guard_sampler(sequence.job.sampling.sampler(self._vocab_size), sequence.fault_in)
-
-    def _processors(self, sequence: Sequence) -> list:
-        return [GuardedProcessor(p, sequence.fault_in) for p in sequence.processors]
 
     def _start(self, batch, uid: int, sequence: Sequence) -> None:
         """The sequence is in the batch as `uid`: it may speculate, and its client hears it started."""
@@ -262,9 +256,15 @@ class Engine:
             elif batch.room:
                 self._prefills.pop(0)
                 sequence.image_seconds = prefill.encode_seconds
-                processors, sampler = self._processors(sequence), self._sampler(sequence)
-                tokens, most = job.prompt.tokens, max(job.max_tokens, 1)
-                uid = batch.join(prefill.cache, tokens, prefill.delta, most, sampler, processors)
+                sampler, most = sequence.guarded_sampler(self._vocab_size), max(job.max_tokens, 1)
+                uid = batch.join(
+                    prefill.cache,
+                    job.prompt.tokens,
+                    prefill.delta,
+                    most,
+                    sampler,
+                    sequence.guarded_processors(),
+                )
                 self._start(batch, uid, sequence)
         except Exception:
             log.exception("could not process the prompt's images")

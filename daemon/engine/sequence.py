@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from daemon.chat.events import Finished, Usage
 from daemon.engine.constrained import GrammarConstraint
 from daemon.engine.decoder import OutputDecoder
+from daemon.engine.guards import GuardedProcessor, guard_sampler
 from daemon.engine.jobs import GenerationJob
 from daemon.engine.speculation import Speculation
 
@@ -32,6 +33,13 @@ class Sequence:
     def fault_in(self, error: BaseException) -> None:
         if self.fault is None:
             self.fault = error
+
+    def guarded_sampler(self, vocab_size: int | None):
+        """Its sampler, a fault it raises kept as this sequence's (see `fault_in`), not the batch's."""
+        return guard_sampler(self.job.sampling.sampler(vocab_size), self.fault_in)
+
+    def guarded_processors(self) -> list:
+        return [GuardedProcessor(p, self.fault_in) for p in self.processors]
 
     @property
     def prewarm(self) -> bool:
