@@ -249,3 +249,22 @@ def test_vision_false_leaves_the_tower_off(vision: Path, tmp_path: Path) -> None
     assert response.status_code == 200, response.text
     assert response.headers["mlxd-warning"] == "1 images omitted: model vision cannot see images"
     assert listed["images"] is False
+
+
+def test_a_qwen3_vl_model_serves_images(tmp_path: Path) -> None:
+    """Qwen3-VL's family (deepstack features) through the server: random weights, so only its counts and
+    its answer's arrival are checked (its prefill is checked against mlx-vlm in test_vision_prefill.py)."""
+    from daemon.engine.demo_vision import QWEN3_VL, build_vision_model
+
+    model = build_vision_model(tmp_path / "qwen3-vl", QWEN3_VL)
+    with run_server(tmp_path / "home", "--model", str(model), "--model-name", "q3") as running:
+        client = running.client()
+        messages = [
+            {"role": "user", "content": [image_block("red", (128, 96)), {"type": "text", "text": QUESTION}]}
+        ]
+        counted = client.messages.count_tokens(model="q3", messages=messages).input_tokens
+        answered = client.messages.create(model="q3", max_tokens=4, extra_body=GREEDY, messages=messages)
+        again = client.messages.create(model="q3", max_tokens=4, extra_body=GREEDY, messages=messages)
+    assert answered.usage.input_tokens == counted and answered.usage.output_tokens >= 1
+    assert again.content == answered.content  # read from the cache, the same greedy answer
+    assert "images=1" in running.log()

@@ -1,5 +1,6 @@
-"""Builds small random-weight vision models (Qwen2-VL's shape, in mlx-vlm's own classes, with the tokenizer
-and image-processor files it loads), for the tests and the benchmarks: `mlx_vlm.load` reads them unchanged."""
+"""Builds small random-weight vision models (Qwen2-VL's or Qwen3-VL's shape, in mlx-vlm's own classes, with
+the tokenizer and image-processor files it loads), for the tests and the benchmarks: `mlx_vlm.load` reads
+them unchanged."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ QWEN2_VL_MAX_PIXELS = 12_845_056  # Qwen2-VL's own processor: a 1024x768 screens
 
 @dataclass(frozen=True)
 class VisionShape:
-    """The numbers of a Qwen2-VL-family model: its language model, vision tower and image processor."""
+    """The numbers of a Qwen2-VL-family model: its language model, vision tower and image processor
+    (`family` "qwen3_vl": Qwen3-VL's, whose `vision` also takes its deepstack layers)."""
 
     text: dict = field(
         default_factory=lambda: {
@@ -38,36 +40,67 @@ class VisionShape:
     )
     min_pixels: int = 56 * 56
     max_pixels: int = 112 * 112
+    family: str = "qwen2_vl"
+
+
+QWEN3_VL = VisionShape(
+    text={
+        "hidden_size": 64,
+        "num_hidden_layers": 3,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3], "mrope_interleaved": True},
+    },
+    vision={
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "out_hidden_size": 64,
+        "num_heads": 2,
+        "num_position_embeddings": 64,
+        "deepstack_visual_indexes": [0, 1],
+    },
+    min_pixels=64 * 64,
+    max_pixels=128 * 128,
+    family="qwen3_vl",
+)
 
 
 def build_vision_model(path: Path, shape: VisionShape = VisionShape(), seed: int = 0) -> Path:
     """Write a random-weight vision model folder at `path`."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_vlm.models import qwen2_vl
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
     from transformers import PreTrainedTokenizerFast
 
     path.mkdir(parents=True)
     eos, vocab = _write_tokenizer(path, 1024, vision_template(), VISION_TOKENS)
     token = PreTrainedTokenizerFast.from_pretrained(str(path)).convert_tokens_to_ids
-    vision = {
-        "patch_size": 14,
-        "spatial_merge_size": 2,
-        "temporal_patch_size": 2,
-        "in_channels": 3,
-        "in_chans": 3,
-    }
+    patch = 16 if shape.family == "qwen3_vl" else 14
+    vision = {"patch_size": patch, "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+    vision |= {"in_chans": 3} if shape.family == "qwen2_vl" else {"model_type": shape.family}
     vision |= shape.vision
-    config = {
-        "model_type": "qwen2_vl",
-        "architectures": ["Qwen2VLForConditionalGeneration"],
+    text = {
         "rms_norm_eps": 1e-6,
         "max_position_embeddings": 32768,
         "rope_theta": 1_000_000.0,
         "tie_word_embeddings": True,
-        "torch_dtype": "float32",
         **shape.text,
         "vocab_size": vocab,
+    }
+    language = (
+        {"text_config": {"model_type": f"{shape.family}_text", **text}}
+        if shape.family == "qwen3_vl"
+        else text
+    )
+    config = {
+        "model_type": shape.family,
+        "architectures": [f"{shape.family.replace('_vl', '').title()}VLForConditionalGeneration"],
+        "torch_dtype": "float32",
+        "tie_word_embeddings": True,
+        **language,
         "eos_token_id": eos,
         "image_token_id": token("<|image_pad|>"),
         "video_token_id": token("<|video_pad|>"),
@@ -79,20 +112,23 @@ def build_vision_model(path: Path, shape: VisionShape = VisionShape(), seed: int
         "image_processor_type": "Qwen2VLImageProcessor",
         "min_pixels": shape.min_pixels,
         "max_pixels": shape.max_pixels,
-        "patch_size": 14,
+        "patch_size": patch,
         "temporal_patch_size": 2,
         "merge_size": 2,
         "image_mean": [0.48145466, 0.4578275, 0.40821073],
         "image_std": [0.26862954, 0.26130258, 0.27577711],
     }
+    processor_class = "Qwen3VLProcessor" if shape.family == "qwen3_vl" else "Qwen2VLProcessor"
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
-    (path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}))
-    model_config = qwen2_vl.ModelConfig.from_dict(dict(config))
-    model_config.vision_config = qwen2_vl.VisionConfig.from_dict(vision)
-    model_config.text_config = qwen2_vl.TextConfig.from_dict(config)
+    (path / "processor_config.json").write_text(json.dumps({"processor_class": processor_class}))
+    module = get_model_and_args(dict(config))[0]
+    given = dict(config)  # as mlx-vlm's loader reads it: `from_dict` fills in its text_config
+    model_config = update_module_configs(
+        module.ModelConfig.from_dict(given), module, given, ["text", "vision"]
+    )
     mx.random.seed(seed)
-    model = qwen2_vl.Model(model_config)
+    model = module.Model(model_config)
     mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
     return path
 

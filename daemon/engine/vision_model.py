@@ -29,9 +29,10 @@ from mlx_lm.models.cache import make_prompt_cache
 from daemon.engine.quantized_cache import quantized
 from daemon.engine.vision import VisionInputs
 
-# What mlx-vlm's embeddings may hold besides the embeddings and positions that a prefill in chunks cannot
-# pass on; a model that needs one of them is refused (its images would be misread).
-_CHUNKED = {"inputs_embeds", "position_ids", "rope_deltas"}
+# What of mlx-vlm's image features a prefill in chunks passes on: the embeddings, positions, and Qwen3-VL's
+# deepstack features (which its language model aligns with each chunk by the cache's offset). A model
+# whose features hold anything else is refused (its images would be misread).
+_CHUNKED = {"inputs_embeds", "position_ids", "rope_deltas", "visual_pos_masks", "deepstack_visual_embeds"}
 
 
 class VisionLanguage:
@@ -87,24 +88,33 @@ class Encoder:
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="vision-encoder")
         self._stream: Any = None
 
-    def submit(self, vlm: Any, tokens: list[int], pixels: dict[str, np.ndarray]) -> Future:
-        """The embeddings of `tokens` with the images `pixels` hold, and the seconds they took."""
-        return self._pool.submit(self._encode, vlm, tokens, pixels)
+    def submit(self, vlm: Any, tokens: list[int], start: int, pixels: dict[str, np.ndarray]) -> Future:
+        """The embeddings of `tokens[start:]` with the images `pixels` hold, what else the language model
+        takes of them (aligned with the whole prompt), and the seconds they took."""
+        return self._pool.submit(self._encode, vlm, tokens, start, pixels)
 
-    def _encode(self, vlm: Any, tokens: list[int], pixels: dict[str, np.ndarray]) -> tuple[mx.array, float]:
+    def _encode(self, vlm: Any, tokens: list[int], start: int, pixels: dict[str, np.ndarray]) -> tuple:
         started = time.perf_counter()
         if self._stream is None:
             self._stream = mx.new_stream(mx.default_device())
         with mx.stream(self._stream):
             arrays = {name: mx.array(value) for name, value in pixels.items()}
-            features = vlm.get_input_embeddings(mx.array([tokens]), **arrays)
+            features = vlm.get_input_embeddings(mx.array([tokens[start:]]), **arrays)
             given = {name for name, value in features.to_dict().items() if value is not None}
             if unsupported := sorted(given - _CHUNKED):
                 raise NotImplementedError(
                     f"this model's image features need {', '.join(unsupported)}, which mlxd does not pass yet"
                 )
-            mx.eval(features.inputs_embeds)
-        return features.inputs_embeds, time.perf_counter() - started
+            extra: dict[str, Any] = {}
+            if (
+                features.visual_pos_masks is not None
+            ):  # over the whole prompt: none before `start` is an image's
+                before = mx.zeros((1, start), dtype=features.visual_pos_masks.dtype)
+                extra["visual_pos_masks"] = mx.concatenate([before, features.visual_pos_masks], axis=1)
+            if features.deepstack_visual_embeds is not None:
+                extra["deepstack_visual_embeds"] = list(features.deepstack_visual_embeds)
+            mx.eval(features.inputs_embeds, extra)
+        return features.inputs_embeds, extra, time.perf_counter() - started
 
     def close(self) -> None:
         """Release the thread's MLX streams on it (left to its teardown, they abort the process); end it."""
@@ -143,6 +153,7 @@ class VisionPrefill:
         self.cache = cache if cache is not None else quantized(fresh, group_size, bits) if bits else fresh
         self._step = step
         self._embeds: mx.array | None = None  # from `_embedded` on
+        self._features: dict[str, Any] = {}  # what else the language model takes with them
         self._embedded = len(tokens)  # where the embeddings begin
         self._encoding: Future | None = None  # the vision tower's run, until it is taken
         self._positions: mx.array | None = None
@@ -167,7 +178,7 @@ class VisionPrefill:
                 if idle:
                     wait([self._encoding], timeout=0.1)
                 return
-            self._embeds, self.encode_seconds = self._encoding.result()
+            self._embeds, self._features, self.encode_seconds = self._encoding.result()
             self._encoding = None
         if self.done >= len(self.tokens) - 1:
             return
@@ -177,6 +188,7 @@ class VisionPrefill:
             end = min(end, self._embedded)
         elif self._embeds is not None:
             kwargs["inputs_embeds"] = self._embeds[:, self.done - self._embedded : end - self._embedded]
+            kwargs.update(self._features)
         if self._positions is not None:
             kwargs["position_ids"] = self._positions[..., self.done : end]
         self.model(mx.array([self.tokens[self.done : end]]), cache=self.cache, **kwargs)
@@ -195,4 +207,4 @@ class VisionPrefill:
         if needed:
             self._embedded = spans[needed[0]].start
             wanted = {name: np.concatenate([pixels[i][name] for i in needed]) for name in pixels[0]}
-            self._encoding = self.model.encoder.submit(self.model.vlm, self.tokens[self._embedded :], wanted)
+            self._encoding = self.model.encoder.submit(self.model.vlm, self.tokens, self._embedded, wanted)

@@ -1,0 +1,77 @@
+"""mlxd's image prefill against one pass of mlx-vlm's own model: a prompt with two images, prefilled in
+small chunks from what a prefix cache might hold (nothing, part of the text, part of an image, past the
+first image), then one decode step at the sequence's shifted positions, gives the logits the whole prompt
+gives in one pass. For each family whose features mlxd passes on: Qwen2-VL's (embeddings and multimodal
+positions) and Qwen3-VL's (with its deepstack features). Random tiny models: no training needed."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from daemon.anthropic.requests import MessagesRequest, parse
+from daemon.anthropic.translate import to_chat
+from daemon.engine.demo_vision import QWEN3_VL, VisionShape, build_vision_model
+from daemon.engine.model import load_weights, prepare_model
+from daemon.engine.prompt import render
+from daemon.engine.vision_model import VisionPrefill
+from tests.vision_model import image_block
+
+FAMILIES = {"qwen2_vl": VisionShape(), "qwen3_vl": QWEN3_VL}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, tmp_path_factory):
+    path = build_vision_model(tmp_path_factory.mktemp(request.param) / "model", FAMILIES[request.param])
+    prepared = prepare_model("vision", str(path), constrained=False)
+    content = [
+        {"type": "text", "text": "Compare these two pictures."},
+        image_block("red", (64, 64)),
+        {"type": "text", "text": "and"},
+        image_block("blue", (128, 96)),
+        {"type": "text", "text": "Which is warmer?"},
+    ]
+    body = {"model": "vision", "max_tokens": 4, "messages": [{"role": "user", "content": content}]}
+    chat = to_chat(parse(MessagesRequest, json.dumps(body).encode()))
+    prompt = prepared.vision.expand(render(prepared.tokenizer, chat, None, prepared.vision.placeholder))
+    return load_weights(prepared, path).model, prompt
+
+
+def one_pass(model, prompt) -> mx.array:
+    """The last position's logits, mlx-vlm's way: every image encoded, the whole prompt in one call."""
+    pixels = prompt.vision.pixels
+    arrays = {name: mx.array(np.concatenate([p[name] for p in pixels])) for name in pixels[0]}
+    ids = mx.array([prompt.tokens])
+    features = model.vlm.get_input_embeddings(ids, **arrays).to_dict()
+    given = {name: value for name, value in features.items() if value is not None and name != "rope_deltas"}
+    return model.language(ids, **given).logits[0, -1]
+
+
+def prefilled(model, prompt, reused: int, step: int = 3) -> mx.array:
+    """The same logits through mlxd: a prefill in `step`-token chunks from a cache holding `reused` tokens,
+    then the last prompt token decoded at the sequence's shifted positions."""
+    cache = None
+    if reused:
+        whole = VisionPrefill(model, prompt.tokens, prompt.vision, 0, None, step=step, kv=(0, 64))
+        while not whole.finished:
+            whole.advance(idle=True)
+        cache = whole.cache
+        for layer in cache:
+            layer.trim(layer.offset - reused)
+    prefill = VisionPrefill(model, prompt.tokens, prompt.vision, reused, cache, step=step, kv=(0, 64))
+    while not prefill.finished:
+        prefill.advance(idle=True)
+    with model.shifted([prefill.delta]):
+        return model(mx.array([prompt.tokens[-1:]]), cache=prefill.cache)[0, -1]
+
+
+def test_the_prefill_in_chunks_matches_one_pass(family) -> None:
+    model, prompt = family
+    first, second = prompt.vision.spans
+    reference = one_pass(model, prompt)
+    for reused in (0, first.start - 2, first.start + 2, second.start - 1, second.start + 3):
+        difference = mx.abs(prefilled(model, prompt, reused) - reference).max().item()
+        assert difference < 1e-3, (reused, difference)
