@@ -5,7 +5,7 @@ request). `python -m benchmarks.vision`, or `mlxd bench --vision`; `--smoke` che
 vision.json and vision.md.
 
 The model is a small random one of Qwen2-VL's shape whose processor keeps Qwen2-VL's own resolution, so
-the screenshot becomes as many tokens as a real Qwen2-VL makes of it (972); its weights are random, so
+the screenshot becomes as many tokens as a real Qwen2-VL makes of it (999); its weights are random, so
 only the times mean anything. Each repeat draws a screenshot of its own (new to the cache).
 """
 

@@ -75,3 +75,27 @@ def test_the_prefill_in_chunks_matches_one_pass(family) -> None:
     for reused in (0, first.start - 2, first.start + 2, second.start - 1, second.start + 3):
         difference = mx.abs(prefilled(model, prompt, reused) - reference).max().item()
         assert difference < 1e-3, (reused, difference)
+
+
+def test_a_resent_image_is_processed_once(tmp_path, monkeypatch) -> None:
+    """The processor runs once per image content (kept by its digest) until the bytes kept pass the limit."""
+    from daemon.engine import vision as vision_module
+
+    path = build_vision_model(tmp_path / "model", VisionShape())
+    prepared = prepare_model("vision", str(path), constrained=False)
+    vision, processed = prepared.vision, []
+    one = vision._one
+    monkeypatch.setattr(vision, "_one", lambda raw: processed.append(raw) or one(raw))
+
+    def expanded(*colours: str):
+        content = [image_block(colour) for colour in colours]
+        body = {"model": "vision", "max_tokens": 4, "messages": [{"role": "user", "content": content}]}
+        chat = to_chat(parse(MessagesRequest, json.dumps(body).encode()))
+        return vision.expand(render(prepared.tokenizer, chat, None, vision.placeholder))
+
+    first, again = expanded("red", "blue"), expanded("red", "blue")
+    assert len(processed) == 2 and again.tokens == first.tokens and again.vision.key == first.vision.key
+    monkeypatch.setattr(vision_module, "PROCESSED_BYTES", 1)  # room for one image: a new one drops the rest
+    expanded("green")
+    expanded("red")
+    assert len(processed) == 4

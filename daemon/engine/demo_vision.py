@@ -11,7 +11,7 @@ from pathlib import Path
 from daemon.engine.demo_model import _write_tokenizer, chat_template
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-QWEN2_VL_MAX_PIXELS = 12_845_056  # Qwen2-VL's own processor: a 1024x768 screenshot is 972 image tokens
+QWEN2_VL_MAX_PIXELS = 12_845_056  # Qwen2-VL's own processor: a 1024x768 screenshot is 999 image tokens
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ part); the processor then says what each image becomes: the tokens standing for 
 its vision tower reads. `Vision.expand` splices those tokens in, image by image, so the prompt's tokens,
 its length (`count_tokens`, the context check) and its prefix-cache key are exactly what the model will
 process. In the key, the first tokens of each image's span are replaced by its content's digest, so that a
-cached prefix is reused only with the same images.
+cached prefix is reused only with the same images. What the processor made of an image is kept (up to
+`PROCESSED_BYTES`) by that digest too, since a client resends the same screenshot every turn.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,7 @@ if TYPE_CHECKING:
 _KEY_BASE = 1 << 31
 _KEY_BITS = 31
 _NOT_PIXELS = {"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids"}
+PROCESSED_BYTES = 256 * 2**20  # of processed images kept, least recently used dropped first (~13 screenshots)
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class Vision:
         self.image_token = self.processor.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.placeholder = _placeholder(tokenizer, self.image_token)
+        self._processed: OrderedDict[bytes, tuple[list[int], dict[str, Any], int]] = OrderedDict()
+        self._processed_bytes = 0
+        self._lock = threading.Lock()  # prompts render on several threads
 
     def expand(self, prompt: Prompt) -> Prompt:
         """The prompt with each image's own tokens in place of its placeholder, in order (its images are
@@ -73,17 +80,34 @@ class Vision:
         out, key, spans, pixels, last = [], [], [], [], 0
         for at, image in zip(found, prompt.images, strict=True):
             raw = base64.b64decode(image.data)
-            ids, arrays = self._one(raw)
+            digest = hashlib.sha256(raw).digest()
+            ids, arrays = self._kept(digest, raw)
             out += tokens[last:at]
             key += tokens[last:at]
             spans.append(ImageSpan(len(out), len(out) + len(ids)))
             out += ids
-            key += _named(ids, hashlib.sha256(raw).digest())
+            key += _named(ids, digest)
             pixels.append(arrays)
             last = at + 1
         out += tokens[last:]
         key += tokens[last:]
         return replace(prompt, tokens=out, vision=VisionInputs(tuple(spans), tuple(pixels), tuple(key)))
+
+    def _kept(self, digest: bytes, raw: bytes) -> tuple[list[int], dict[str, Any]]:
+        """The image processed, from what is kept when it was seen before."""
+        with self._lock:
+            if (kept := self._processed.get(digest)) is not None:
+                self._processed.move_to_end(digest)
+                return kept[0], kept[1]
+        ids, arrays = self._one(raw)
+        size = sum(value.nbytes for value in arrays.values())
+        with self._lock:
+            if digest not in self._processed:
+                self._processed[digest] = (ids, arrays, size)
+                self._processed_bytes += size
+            while self._processed_bytes > PROCESSED_BYTES and len(self._processed) > 1:
+                self._processed_bytes -= self._processed.popitem(last=False)[1][2]
+        return ids, arrays
 
     def _one(self, raw: bytes) -> tuple[list[int], dict[str, Any]]:
         """One image's tokens, as the processor expands its placeholder token, and its arrays."""
