@@ -245,6 +245,7 @@ class ModelRegistry:
             ttl=self.ttl(served),
             weight_bytes=engine.weight_bytes,
             cache_bytes=engine.cache.nbytes,
+            kv_bytes=engine.kv_bytes,
             disk_cache_bytes=engine.cache.disk_bytes,
             cache_counts=engine.cache.counts(),
             idle_seconds=engine.idle_seconds() if engine.resident else None,

@@ -17,6 +17,7 @@ class ModelStatus:
     ttl: float  # 0: never unloaded for idleness
     weight_bytes: int
     cache_bytes: int
+    kv_bytes: int  # KV state held: its sequences' and its prompt cache's (as of its last step)
     disk_cache_bytes: int
     cache_counts: dict[str, int]  # `PromptCache.counts`: hits by tier, bytes to and from disk
     idle_seconds: float | None  # None while a request is in flight or when unloaded
