@@ -89,6 +89,10 @@ def test_the_page_shows_the_requests_with_their_cache_figures_and_its_buttons_wo
     models = browser.execute_script("return document.getElementById('models').innerText")
     assert "trained" in models and "loaded" in models
 
+    browser.save_screenshot(str(tmp_path / "status-page.png"))
+    if target := os.environ.get("MLXD_SCREENSHOT"):
+        browser.save_screenshot(target)
+
     # The models' buttons unload and load the model (clicked in a script: the table is redrawn every second).
     def state() -> str:
         return browser.execute_script("return document.querySelector('#models tr').cells[1].textContent")
@@ -97,9 +101,6 @@ def test_the_page_shows_the_requests_with_their_cache_figures_and_its_buttons_wo
     wait_for(lambda: state() == "unloaded", "the unload button to unload the model")
     browser.execute_script("document.querySelector('#models button').click()")
     wait_for(lambda: state() == "loaded", "the load button to load it again")
-    browser.save_screenshot(str(tmp_path / "status-page.png"))
-    if target := os.environ.get("MLXD_SCREENSHOT"):
-        browser.save_screenshot(target)
 
     # What the browser fetched over the network (its own chrome:// pages aside): the daemon's alone.
     asked = set()
