@@ -7,6 +7,7 @@ positions) and Qwen3-VL's (with its deepstack features). Random tiny models: no 
 from __future__ import annotations
 
 import json
+import re
 
 import mlx.core as mx
 import numpy as np
@@ -99,3 +100,22 @@ def test_a_resent_image_is_processed_once(tmp_path, monkeypatch) -> None:
     expanded("green")
     expanded("red")
     assert len(processed) == 4
+
+
+def test_a_template_that_writes_no_placeholder_is_the_models_fault(tmp_path) -> None:
+    """A prompt whose template wrote fewer image tokens than it has images: a server error naming the model's
+    files, not a 400 blaming the request's text."""
+    from dataclasses import replace
+
+    from daemon.chat.request import Image
+    from tests.images import encoded
+
+    path = build_vision_model(tmp_path / "model", VisionShape())
+    prepared = prepare_model("vision", str(path), constrained=False)
+    body = {"model": "vision", "max_tokens": 4, "messages": [{"role": "user", "content": "No picture."}]}
+    chat = to_chat(parse(MessagesRequest, json.dumps(body).encode()))
+    prompt = render(prepared.tokenizer, chat, None, prepared.vision.placeholder)
+    with pytest.raises(
+        RuntimeError, match=re.escape("wrote the image token '<|image_pad|>' for 0 of 1 images")
+    ):
+        prepared.vision.expand(replace(prompt, images=(Image("image/png", encoded("PNG", (64, 64))),)))

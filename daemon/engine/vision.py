@@ -67,12 +67,18 @@ class Vision:
     def expand(self, prompt: Prompt) -> Prompt:
         """The prompt with each image's own tokens in place of its placeholder, in order (its images are
         validated already). Raises `RequestError` when the text holds the model's image token itself,
-        which would take an image's place."""
+        which would take an image's place, and RuntimeError when the template did not write it for each
+        image (a model whose processor expands another token)."""
         if not prompt.images:
             return prompt
         tokens = prompt.tokens
         found = [i for i, token in enumerate(tokens) if token == self.image_token_id]
-        if len(found) != len(prompt.images):
+        if len(found) < len(prompt.images):  # the model's own files, not the request, are at fault
+            raise RuntimeError(
+                f"the chat template wrote the image token {self.image_token!r} for {len(found)} of "
+                f"{len(prompt.images)} images; this model's processor and template do not agree"
+            )
+        if len(found) > len(prompt.images):
             raise invalid_request(
                 f"the request's text holds the model's image token {self.image_token!r} "
                 f"({len(found) - len(prompt.images)} times outside images); remove it from the text"
