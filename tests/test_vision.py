@@ -251,20 +251,32 @@ def test_vision_false_leaves_the_tower_off(vision: Path, tmp_path: Path) -> None
     assert listed["images"] is False
 
 
-def test_a_qwen3_vl_model_serves_images(tmp_path: Path) -> None:
-    """Qwen3-VL's family (deepstack features) through the server: random weights, so only its counts and
-    its answer's arrival are checked (its prefill is checked against mlx-vlm in test_vision_prefill.py)."""
-    from daemon.engine.demo_vision import QWEN3_VL, build_vision_model
+@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3"])
+def test_other_families_serve_images(tmp_path: Path, family: str) -> None:
+    """Qwen3-VL (deepstack features) and Gemma 3 (its processor expands `<start_of_image>`; a sliding-window
+    layer) through the server: random weights, so only their counts and answers' arrival and repetition are
+    checked (their prefill is checked against mlx-vlm's in test_vision_prefill.py)."""
+    from daemon.engine.demo_vision import QWEN3_VL, build_gemma3_model, build_vision_model
 
-    model = build_vision_model(tmp_path / "qwen3-vl", QWEN3_VL)
-    with run_server(tmp_path / "home", "--model", str(model), "--model-name", "q3") as running:
+    path = tmp_path / family
+    model = build_vision_model(path, QWEN3_VL) if family == "qwen3_vl" else build_gemma3_model(path)
+    question = [
+        {"role": "user", "content": [image_block("red", (128, 96)), {"type": "text", "text": QUESTION}]}
+    ]
+    with run_server(tmp_path / "home", "--model", str(model), "--model-name", "m") as running:
         client = running.client()
-        messages = [
-            {"role": "user", "content": [image_block("red", (128, 96)), {"type": "text", "text": QUESTION}]}
-        ]
-        counted = client.messages.count_tokens(model="q3", messages=messages).input_tokens
-        answered = client.messages.create(model="q3", max_tokens=4, extra_body=GREEDY, messages=messages)
-        again = client.messages.create(model="q3", max_tokens=4, extra_body=GREEDY, messages=messages)
-    assert answered.usage.input_tokens == counted and answered.usage.output_tokens >= 1
-    assert again.content == answered.content  # read from the cache, the same greedy answer
-    assert "images=1" in running.log()
+        counted = client.messages.count_tokens(model="m", messages=question).input_tokens
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            asked = [question, in_tool_result("blue"), [{"role": "user", "content": "Hi"}]]
+            answers = list(
+                pool.map(
+                    lambda m: client.messages.create(model="m", max_tokens=4, extra_body=GREEDY, messages=m),
+                    asked,
+                )
+            )
+        again = client.messages.create(model="m", max_tokens=4, extra_body=GREEDY, messages=question)
+        with running.http() as http:
+            listed = http.get("/v1/models/m").json()
+    assert answers[0].usage.input_tokens == counted and all(a.usage.output_tokens >= 1 for a in answers)
+    assert again.content == answers[0].content  # alone and read from the cache, the same greedy answer
+    assert listed["images"] is True and running.log().count("images=1") >= 2

@@ -2,7 +2,8 @@
 small chunks from what a prefix cache might hold (nothing, part of the text, part of an image, past the
 first image), then one decode step at the sequence's shifted positions, gives the logits the whole prompt
 gives in one pass. For each family whose features mlxd passes on: Qwen2-VL's (embeddings and multimodal
-positions) and Qwen3-VL's (with its deepstack features). Random tiny models: no training needed."""
+positions), Qwen3-VL's (with its deepstack features) and Gemma 3's (plain positions, a sliding-window
+layer). Random tiny models: no training needed."""
 
 from __future__ import annotations
 
@@ -15,18 +16,22 @@ import pytest
 
 from daemon.anthropic.requests import MessagesRequest, parse
 from daemon.anthropic.translate import to_chat
-from daemon.engine.demo_vision import QWEN3_VL, VisionShape, build_vision_model
+from daemon.engine.demo_vision import QWEN3_VL, VisionShape, build_gemma3_model, build_vision_model
 from daemon.engine.model import load_weights, prepare_model
 from daemon.engine.prompt import render
 from daemon.engine.vision_model import VisionPrefill
 from tests.vision_model import image_block
 
-FAMILIES = {"qwen2_vl": VisionShape(), "qwen3_vl": QWEN3_VL}
+FAMILIES = {
+    "qwen2_vl": lambda path: build_vision_model(path, VisionShape()),
+    "qwen3_vl": lambda path: build_vision_model(path, QWEN3_VL),
+    "gemma3": build_gemma3_model,
+}
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request, tmp_path_factory):
-    path = build_vision_model(tmp_path_factory.mktemp(request.param) / "model", FAMILIES[request.param])
+    path = FAMILIES[request.param](tmp_path_factory.mktemp(request.param) / "model")
     prepared = prepare_model("vision", str(path), constrained=False)
     content = [
         {"type": "text", "text": "Compare these two pictures."},
@@ -46,8 +51,11 @@ def one_pass(model, prompt) -> mx.array:
     pixels = prompt.vision.pixels
     arrays = {name: mx.array(np.concatenate([p[name] for p in pixels])) for name in pixels[0]}
     ids = mx.array([prompt.tokens])
-    features = model.vlm.get_input_embeddings(ids, **arrays).to_dict()
-    given = {name: value for name, value in features.items() if value is not None and name != "rope_deltas"}
+    features = model.vlm.get_input_embeddings(
+        ids, mask=mx.ones(ids.shape, dtype=mx.int32), **arrays
+    ).to_dict()
+    unused = {"rope_deltas", "attention_mask_4d"}  # a padding mask's outer product, for Gemma 3
+    given = {name: value for name, value in features.items() if value is not None and name not in unused}
     return model.language(ids, **given).logits[0, -1]
 
 

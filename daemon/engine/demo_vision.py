@@ -1,6 +1,6 @@
-"""Builds small random-weight vision models (Qwen2-VL's or Qwen3-VL's shape, in mlx-vlm's own classes, with
-the tokenizer and image-processor files it loads), for the tests and the benchmarks: `mlx_vlm.load` reads
-them unchanged."""
+"""Builds small random-weight vision models (Qwen2-VL's or Qwen3-VL's shape, or Gemma 3's, in mlx-vlm's own
+classes, with the tokenizer and image-processor files it loads), for the tests and the benchmarks:
+`mlx_vlm.load` reads them unchanged."""
 
 from __future__ import annotations
 
@@ -11,6 +11,11 @@ from pathlib import Path
 from daemon.engine.demo_model import _write_tokenizer, chat_template
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+GEMMA3_TOKENS = {
+    "boi_token": "<start_of_image>",
+    "eoi_token": "<end_of_image>",
+    "image_token": "<image_soft_token>",
+}
 QWEN2_VL_MAX_PIXELS = 12_845_056  # Qwen2-VL's own processor: a 1024x768 screenshot is 999 image tokens
 
 
@@ -133,12 +138,86 @@ def build_vision_model(path: Path, shape: VisionShape = VisionShape(), seed: int
     return path
 
 
-def vision_template() -> str:
-    """mlxd's chat template, writing an image part as Qwen2-VL's template does."""
+def build_gemma3_model(path: Path, seed: int = 0) -> Path:
+    """Write a random-weight Gemma 3-shaped model at `path`: 2 layers of 64 (one with a sliding window), a
+    SigLIP tower of one block over 56x56 pixels, 4 soft tokens an image."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
+    from transformers import PreTrainedTokenizerFast
+
+    path.mkdir(parents=True)
+    template = vision_template("<start_of_image>")
+    eos, vocab = _write_tokenizer(path, 1024, template, tuple(GEMMA3_TOKENS.values()))
+    tokenizer_config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({**tokenizer_config, "extra_special_tokens": GEMMA3_TOKENS})
+    )
+    token = PreTrainedTokenizerFast.from_pretrained(str(path)).convert_tokens_to_ids
+    text = {
+        "model_type": "gemma3_text",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "head_dim": 16,
+        "num_key_value_heads": 2,
+        "vocab_size": vocab,
+        "sliding_window": 128,  # past the tests' prompts: a rotating cache they can still trim
+        "sliding_window_pattern": 2,
+        "mm_tokens_per_image": 4,
+        "query_pre_attn_scalar": 16,
+        "max_position_embeddings": 32768,
+    }
+    vision = {
+        "model_type": "siglip_vision_model",
+        "num_hidden_layers": 1,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "patch_size": 14,
+        "image_size": 56,
+    }
+    config = {
+        "model_type": "gemma3",
+        "architectures": ["Gemma3ForConditionalGeneration"],
+        "text_config": text,
+        "vision_config": vision,
+        "image_token_index": token(GEMMA3_TOKENS["image_token"]),
+        "eos_token_id": eos,
+        "hidden_size": 64,
+        "pad_token_id": 0,
+        "mm_tokens_per_image": 4,
+    }
+    processor = {
+        "image_processor_type": "Gemma3ImageProcessor",
+        "size": {"height": 56, "width": 56},
+        "do_pan_and_scan": False,
+        "image_mean": [0.5, 0.5, 0.5],
+        "image_std": [0.5, 0.5, 0.5],
+    }
+    (path / "config.json").write_text(json.dumps(config, indent=2))
+    (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    (path / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Gemma3Processor", "image_seq_length": 4})
+    )
+    module = get_model_and_args(dict(config))[0]
+    given = dict(config)
+    model_config = update_module_configs(
+        module.ModelConfig.from_dict(given), module, given, ["text", "vision"]
+    )
+    mx.random.seed(seed)
+    model = module.Model(model_config)
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    return path
+
+
+def vision_template(image: str = "<|vision_start|><|image_pad|><|vision_end|>") -> str:
+    """mlxd's chat template, writing an image part as `image` (by default Qwen2-VL's markup)."""
     text_only = "{%- if part.type == 'text' -%}{{ part.text }}{%- endif -%}"
     with_images = (
         "{%- if part.type == 'text' -%}{{ part.text }}{%- elif part.type == 'image' -%}"
-        "<|vision_start|><|image_pad|><|vision_end|>{%- endif -%}"
+        f"{image}{{%- endif -%}}"
     )
     template = chat_template()
     if text_only not in template:

@@ -57,7 +57,9 @@ class Vision:
         from mlx_vlm.utils import load_processor
 
         self.processor = load_processor(path, add_detokenizer=False)
-        self.image_token = self.processor.image_token
+        # The token the processor expands into an image's: Gemma 3's writes `<start_of_image>` (its
+        # `boi_token`) and expands it around its soft image tokens; the others expand their image token.
+        self.image_token = getattr(self.processor, "boi_token", None) or self.processor.image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         self.placeholder = _placeholder(tokenizer, self.image_token)
         self._processed: OrderedDict[bytes, tuple[list[int], dict[str, Any], int]] = OrderedDict()

@@ -33,6 +33,9 @@ from daemon.engine.vision import VisionInputs
 # deepstack features (which its language model aligns with each chunk by the cache's offset). A model
 # whose features hold anything else is refused (its images would be misread).
 _CHUNKED = {"inputs_embeds", "position_ids", "rope_deltas", "visual_pos_masks", "deepstack_visual_embeds"}
+# Gemma 3's `attention_mask_4d` is the outer product of the padding mask it is given (all ones here): the
+# causal masks its language model makes itself are the ones it needs.
+_UNNEEDED = {"attention_mask_4d"}
 
 
 class VisionLanguage:
@@ -41,7 +44,7 @@ class VisionLanguage:
     def __init__(self, vlm: Any):
         self.vlm = vlm
         self.language = vlm.language_model
-        self.args = self.language.args
+        self.args = getattr(self.language, "args", None) or self.language.config  # its vocab_size, for one
         self.multimodal_positions = hasattr(self.language, "get_rope_index")
         self.deltas: mx.array | None = None  # per row, while a batch with shifted rows steps
         self.encoder = Encoder()
@@ -99,9 +102,10 @@ class Encoder:
             self._stream = mx.new_stream(mx.default_device())
         with mx.stream(self._stream):
             arrays = {name: mx.array(value) for name, value in pixels.items()}
-            features = vlm.get_input_embeddings(mx.array([tokens[start:]]), **arrays)
+            ids = mx.array([tokens[start:]])
+            features = vlm.get_input_embeddings(ids, mask=mx.ones(ids.shape, dtype=mx.int32), **arrays)
             given = {name for name, value in features.to_dict().items() if value is not None}
-            if unsupported := sorted(given - _CHUNKED):
+            if unsupported := sorted(given - _CHUNKED - _UNNEEDED):
                 raise NotImplementedError(
                     f"this model's image features need {', '.join(unsupported)}, which mlxd does not pass yet"
                 )
