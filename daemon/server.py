@@ -35,7 +35,8 @@ from daemon.config.settings import Settings, data_dir
 from daemon.config.units import format_bytes
 from daemon.engine.jobs import EngineLimits
 from daemon.engine.names import NameRule
-from daemon.engine.registry import EngineOptions, ModelRegistry, ModelSpec
+from daemon.engine.registry import EngineOptions, ModelRegistry
+from daemon.engine.served import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from quart import Blueprint, current_app
 from daemon.api.serving import load_failure, not_found
 from daemon.chat.errors import RequestError
 from daemon.engine.memory import NoRoom, active_memory
-from daemon.engine.registry import ModelLoadError, ModelRegistry, ServedModel
+from daemon.engine.registry import ModelRegistry
+from daemon.engine.served import ModelLoadError, ServedModel
 
 blueprint = Blueprint("admin", __name__)
 

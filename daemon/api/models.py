@@ -14,7 +14,8 @@ from werkzeug.routing import PathConverter
 from daemon.api.serving import not_found
 from daemon.chat.errors import invalid_request
 from daemon.engine.names import TIER_IDS
-from daemon.engine.registry import ModelRegistry, ServedModel
+from daemon.engine.registry import ModelRegistry
+from daemon.engine.served import ServedModel
 from daemon.store.files import local_path, stated_kv_bytes_per_token
 
 blueprint = Blueprint("models", __name__)

@@ -22,8 +22,9 @@ from daemon.engine.grammar import GrammarError
 from daemon.engine.jobs import GenerationJob, Overloaded
 from daemon.engine.memory import NoRoom
 from daemon.engine.prompt import Prompt
-from daemon.engine.registry import ModelLoadError, ModelRegistry, ServedModel
+from daemon.engine.registry import ModelRegistry
 from daemon.engine.sampling import resolve
+from daemon.engine.served import ModelLoadError, ServedModel
 
 log = logging.getLogger(__name__)
 

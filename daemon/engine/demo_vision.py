@@ -75,9 +75,6 @@ QWEN3_VL = VisionShape(
 
 def build_vision_model(path: Path, shape: VisionShape = VisionShape(), seed: int = 0) -> Path:
     """Write a random-weight vision model folder at `path`."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_vlm.utils import get_model_and_args, update_module_configs
     from transformers import PreTrainedTokenizerFast
 
     path.mkdir(parents=True)
@@ -124,26 +121,12 @@ def build_vision_model(path: Path, shape: VisionShape = VisionShape(), seed: int
         "image_std": [0.26862954, 0.26130258, 0.27577711],
     }
     processor_class = "Qwen3VLProcessor" if shape.family == "qwen3_vl" else "Qwen2VLProcessor"
-    (path / "config.json").write_text(json.dumps(config, indent=2))
-    (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
-    (path / "processor_config.json").write_text(json.dumps({"processor_class": processor_class}))
-    module = get_model_and_args(dict(config))[0]
-    given = dict(config)  # as mlx-vlm's loader reads it: `from_dict` fills in its text_config
-    model_config = update_module_configs(
-        module.ModelConfig.from_dict(given), module, given, ["text", "vision"]
-    )
-    mx.random.seed(seed)
-    model = module.Model(model_config)
-    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    return path
+    return _write_model(path, config, processor, {"processor_class": processor_class}, seed)
 
 
 def build_gemma3_model(path: Path, seed: int = 0) -> Path:
     """Write a random-weight Gemma 3-shaped model at `path`: 2 layers of 64 (one with a sliding window), a
     SigLIP tower of one block over 56x56 pixels, 4 soft tokens an image."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_vlm.utils import get_model_and_args, update_module_configs
     from transformers import PreTrainedTokenizerFast
 
     path.mkdir(parents=True)
@@ -196,13 +179,22 @@ def build_gemma3_model(path: Path, seed: int = 0) -> Path:
         "image_mean": [0.5, 0.5, 0.5],
         "image_std": [0.5, 0.5, 0.5],
     }
+    return _write_model(
+        path, config, processor, {"processor_class": "Gemma3Processor", "image_seq_length": 4}, seed
+    )
+
+
+def _write_model(path: Path, config: dict, processor: dict, processor_config: dict, seed: int) -> Path:
+    """The model's config and processor files, and random weights in mlx-vlm's classes for `config`."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_vlm.utils import get_model_and_args, update_module_configs
+
     (path / "config.json").write_text(json.dumps(config, indent=2))
     (path / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
-    (path / "processor_config.json").write_text(
-        json.dumps({"processor_class": "Gemma3Processor", "image_seq_length": 4})
-    )
+    (path / "processor_config.json").write_text(json.dumps(processor_config))
     module = get_model_and_args(dict(config))[0]
-    given = dict(config)
+    given = dict(config)  # as mlx-vlm's loader reads it: `from_dict` fills in its text_config
     model_config = update_module_configs(
         module.ModelConfig.from_dict(given), module, given, ["text", "vision"]
     )

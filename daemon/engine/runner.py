@@ -20,15 +20,13 @@ from daemon.config.logs import current_request
 from daemon.engine.constraints import logits_processors
 from daemon.engine.decode_batch import Generator
 from daemon.engine.decoder import OutputDecoder
-from daemon.engine.draft import DraftProposer
 from daemon.engine.guards import reset_random_state
 from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
-from daemon.engine.lookup import PromptLookup
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt_cache import CacheHit, DiskReads, PromptCache
 from daemon.engine.reuse import ReuseMonitor
-from daemon.engine.sequence import Sequence
-from daemon.engine.speculation import Proposer, Speculation
+from daemon.engine.sequence import Sequence, proposer
+from daemon.engine.speculation import Speculation
 from daemon.engine.vision_model import VisionPrefill
 
 log = logging.getLogger(__name__)
@@ -236,8 +234,8 @@ class Engine:
     def _start(self, batch, uid: int, sequence: Sequence) -> None:
         """The sequence is in the batch as `uid`: it may speculate, and its client hears it started."""
         job = sequence.job
-        if not sequence.prewarm and (proposer := self._proposer(job)) is not None:
-            sequence.speculation = Speculation(proposer, job.sampling, self.loaded.num_draft_tokens)
+        if not sequence.prewarm and (proposing := proposer(self.loaded, job)) is not None:
+            sequence.speculation = Speculation(proposing, job.sampling, self.loaded.num_draft_tokens)
             batch.speculate(uid, sequence.speculation)
         self._running[uid] = sequence
         job.emit(Started(sequence.usage(caching=bool(self.cache.max_bytes)), sequence.cache_miss))
@@ -273,14 +271,6 @@ class Engine:
             self._end(job, Failed(REQUEST_FAILED))
         finally:
             current_request.reset(label)
-
-    def _proposer(self, job: GenerationJob) -> Proposer | None:
-        """What the model's `speculative` setting makes the sequence's proposer."""
-        if self.loaded.speculative == "draft" and self.loaded.draft is not None:
-            return DraftProposer(self.loaded.draft, job.prompt.tokens, job.sampling)
-        if self.loaded.speculative == "prompt-lookup":
-            return PromptLookup(job.prompt.tokens)
-        return None
 
     def _step(self, batch) -> None:
         """One step of the whole batch; a fault of one request's own parts ends that request alone."""

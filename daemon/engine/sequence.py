@@ -1,5 +1,5 @@
-"""One job's sequence while the engine runs it: its decoder, grammar and speculation, and the counts its
-`Started` and `Finished` events report."""
+"""One job's sequence while the engine runs it: its decoder, grammar and speculation (and what proposes its
+tokens), and the counts its `Started` and `Finished` events report."""
 
 from __future__ import annotations
 
@@ -9,9 +9,12 @@ from dataclasses import dataclass, field
 from daemon.chat.events import Finished, Usage
 from daemon.engine.constrained import GrammarConstraint
 from daemon.engine.decoder import OutputDecoder
+from daemon.engine.draft import DraftProposer
 from daemon.engine.guards import GuardedProcessor, guard_sampler
 from daemon.engine.jobs import GenerationJob
-from daemon.engine.speculation import Speculation
+from daemon.engine.lookup import PromptLookup
+from daemon.engine.model import LoadedModel
+from daemon.engine.speculation import Proposer, Speculation
 
 
 @dataclass
@@ -97,3 +100,12 @@ class Sequence:
             accepted_tokens=self.speculation.accepted if self.speculation else 0,
             image_seconds=self.image_seconds,
         )
+
+
+def proposer(loaded: LoadedModel, job: GenerationJob) -> Proposer | None:
+    """What the model's `speculative` setting makes the sequence's proposer."""
+    if loaded.speculative == "draft" and loaded.draft is not None:
+        return DraftProposer(loaded.draft, job.prompt.tokens, job.sampling)
+    if loaded.speculative == "prompt-lookup":
+        return PromptLookup(job.prompt.tokens)
+    return None
