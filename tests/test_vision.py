@@ -251,15 +251,20 @@ def test_vision_false_leaves_the_tower_off(vision: Path, tmp_path: Path) -> None
     assert listed["images"] is False
 
 
-@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen3_vl", "gemma3", "mistral3"])
 def test_other_families_serve_images(tmp_path: Path, family: str) -> None:
-    """Qwen3-VL (deepstack features) and Gemma 3 (its processor expands `<start_of_image>`; a sliding-window
-    layer) through the server: random weights, so only their counts and answers' arrival and repetition are
-    checked (their prefill is checked against mlx-vlm's in test_vision_prefill.py)."""
-    from daemon.engine.demo_vision import QWEN3_VL, build_gemma3_model, build_vision_model
+    """Qwen3-VL (deepstack features), Gemma 3 (its processor expands `<start_of_image>`; a sliding-window
+    layer) and Mistral Small 3 (mlx-vlm's own Pixtral processor, rows of image tokens) through the server:
+    random weights, so only their counts and answers' arrival and repetition are checked (their prefill is
+    checked against mlx-vlm's in test_vision_prefill.py)."""
+    from daemon.engine import demo_vision
 
-    path = tmp_path / family
-    model = build_vision_model(path, QWEN3_VL) if family == "qwen3_vl" else build_gemma3_model(path)
+    builders = {
+        "qwen3_vl": lambda path: demo_vision.build_vision_model(path, demo_vision.QWEN3_VL),
+        "gemma3": demo_vision.build_gemma3_model,
+        "mistral3": demo_vision.build_mistral3_model,
+    }
+    model = builders[family](tmp_path / family)
     question = [
         {"role": "user", "content": [image_block("red", (128, 96)), {"type": "text", "text": QUESTION}]}
     ]

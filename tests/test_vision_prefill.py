@@ -2,8 +2,9 @@
 small chunks from what a prefix cache might hold (nothing, part of the text, part of an image, past the
 first image), then one decode step at the sequence's shifted positions, gives the logits the whole prompt
 gives in one pass. For each family whose features mlxd passes on: Qwen2-VL's (embeddings and multimodal
-positions), Qwen3-VL's (with its deepstack features) and Gemma 3's (plain positions, a sliding-window
-layer). Random tiny models: no training needed."""
+positions), Qwen3-VL's (with its deepstack features), Gemma 3's (plain positions, a sliding-window
+layer) and Mistral Small 3's (Pixtral images of different sizes, padded to one batch). Random tiny models:
+no training needed."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ import json
 import re
 
 import mlx.core as mx
-import numpy as np
 import pytest
 
 from daemon.anthropic.requests import MessagesRequest, parse
 from daemon.anthropic.translate import to_chat
-from daemon.engine.demo_vision import QWEN3_VL, VisionShape, build_gemma3_model, build_vision_model
+from daemon.engine.demo_vision import (
+    QWEN3_VL,
+    VisionShape,
+    build_gemma3_model,
+    build_mistral3_model,
+    build_vision_model,
+)
 from daemon.engine.model import load_weights, prepare_model
 from daemon.engine.prompt import render
+from daemon.engine.vision import stacked
 from daemon.engine.vision_model import VisionPrefill
 from tests.vision_model import image_block
 
@@ -26,6 +33,7 @@ FAMILIES = {
     "qwen2_vl": lambda path: build_vision_model(path, VisionShape()),
     "qwen3_vl": lambda path: build_vision_model(path, QWEN3_VL),
     "gemma3": build_gemma3_model,
+    "mistral3": build_mistral3_model,
 }
 
 
@@ -49,7 +57,7 @@ def family(request, tmp_path_factory):
 def one_pass(model, prompt) -> mx.array:
     """The last position's logits, mlx-vlm's way: every image encoded, the whole prompt in one call."""
     pixels = prompt.vision.pixels
-    arrays = {name: mx.array(np.concatenate([p[name] for p in pixels])) for name in pixels[0]}
+    arrays = {name: mx.array(value) for name, value in stacked(pixels).items()}
     ids = mx.array([prompt.tokens])
     features = model.vlm.get_input_embeddings(
         ids, mask=mx.ones(ids.shape, dtype=mx.int32), **arrays

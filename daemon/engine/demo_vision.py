@@ -1,6 +1,6 @@
-"""Builds small random-weight vision models (Qwen2-VL's or Qwen3-VL's shape, or Gemma 3's, in mlx-vlm's own
-classes, with the tokenizer and image-processor files it loads), for the tests and the benchmarks:
-`mlx_vlm.load` reads them unchanged."""
+"""Builds small random-weight vision models (Qwen2-VL's or Qwen3-VL's shape, Gemma 3's or Mistral Small 3's,
+in mlx-vlm's own classes, with the tokenizer and image-processor files it loads), for the tests and the
+benchmarks: `mlx_vlm.load` reads them unchanged."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ GEMMA3_TOKENS = {
     "eoi_token": "<end_of_image>",
     "image_token": "<image_soft_token>",
 }
+MISTRAL3_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
 QWEN2_VL_MAX_PIXELS = 12_845_056  # Qwen2-VL's own processor: a 1024x768 screenshot is 999 image tokens
 
 
@@ -182,6 +183,57 @@ def build_gemma3_model(path: Path, seed: int = 0) -> Path:
     return _write_model(
         path, config, processor, {"processor_class": "Gemma3Processor", "image_seq_length": 4}, seed
     )
+
+
+def build_mistral3_model(path: Path, seed: int = 0) -> Path:
+    """Write a random-weight Mistral Small 3-shaped model at `path`: 2 Mistral layers of 64, a Pixtral tower
+    of one block with 14-pixel patches (images up to 112 pixels a side, kept to their aspect ratio: rows of
+    `[IMG]` tokens, one per 2x2 patches, closed by `[IMG_BREAK]` and `[IMG_END]`)."""
+    from transformers import PreTrainedTokenizerFast
+
+    path.mkdir(parents=True)
+    eos, vocab = _write_tokenizer(path, 1024, vision_template("[IMG]"), MISTRAL3_TOKENS)
+    token = PreTrainedTokenizerFast.from_pretrained(str(path)).convert_tokens_to_ids
+    text = {
+        "model_type": "mistral",
+        "hidden_size": 64,
+        "head_dim": 16,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 1_000_000_000.0,
+        "max_position_embeddings": 32768,
+        "vocab_size": vocab,
+    }
+    vision = {
+        "model_type": "pixtral",
+        "num_hidden_layers": 1,
+        "hidden_size": 32,
+        "head_dim": 16,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "image_size": 112,
+        "patch_size": 14,
+    }
+    config = {
+        "model_type": "mistral3",
+        "architectures": ["Mistral3ForConditionalGeneration"],
+        "text_config": text,
+        "vision_config": vision,
+        "image_token_index": token("[IMG]"),
+        "spatial_merge_size": 2,
+        "vision_feature_layer": -1,
+        "multimodal_projector_bias": False,
+        "eos_token_id": eos,
+    }
+    processor = {
+        "image_processor_type": "PixtralImageProcessor",
+        "size": {"longest_edge": 112},
+        "patch_size": {"height": 14, "width": 14},
+    }
+    return _write_model(path, config, processor, {"processor_class": "PixtralProcessor"}, seed)
 
 
 def _write_model(path: Path, config: dict, processor: dict, processor_config: dict, seed: int) -> Path:

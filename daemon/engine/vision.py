@@ -16,9 +16,12 @@ import hashlib
 import io
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from daemon.chat.errors import invalid_request
 
@@ -128,7 +131,23 @@ class Vision:
         bare = self.processor.tokenizer(self.image_token)["input_ids"]
         at = bare.index(self.image_token_id)  # what the tokenizer adds around it (a BOS) is not the image's
         ids = expanded[at : len(expanded) - (len(bare) - at - 1)]
-        return ids, {name: value for name, value in processed.items() if name not in _NOT_PIXELS}
+        # numpy, as arrays passed to the encoder's thread must be (mlx-vlm's own processors give MLX arrays)
+        return ids, {name: np.asarray(value) for name, value in processed.items() if name not in _NOT_PIXELS}
+
+
+def stacked(pixels: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Several images' processor arrays as one call's: joined along the first axis, each padded at its end to
+    the largest in the others (Pixtral's pixels differ in height and width; its `image_sizes` say how much of
+    each is the image, as its processor pads a batch)."""
+    joined = {}
+    for name in pixels[0]:
+        arrays = [p[name] for p in pixels]
+        largest = np.max([a.shape[1:] for a in arrays], axis=0)
+        padded = [
+            np.pad(a, [(0, 0), *zip([0] * len(largest), largest - a.shape[1:], strict=True)]) for a in arrays
+        ]
+        joined[name] = np.concatenate(padded)
+    return joined
 
 
 def _named(ids: list[int], digest: bytes) -> list[int]:

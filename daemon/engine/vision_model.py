@@ -23,11 +23,12 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from mlx_lm.models.cache import make_prompt_cache
 
 from daemon.engine.quantized_cache import quantized
-from daemon.engine.vision import VisionInputs
+from daemon.engine.vision import VisionInputs, stacked
 
 # What of mlx-vlm's image features a prefill in chunks passes on: the embeddings, positions, and Qwen3-VL's
 # deepstack features (which its language model aligns with each chunk by the cache's offset). A model
@@ -42,6 +43,7 @@ class VisionLanguage:
     """mlx-vlm's language model, called as mlx-lm calls a model: `model(tokens, cache=...)` → logits."""
 
     def __init__(self, vlm: Any):
+        _evaluate_constants(vlm)
         self.vlm = vlm
         self.language = vlm.language_model
         self.args = getattr(self.language, "args", None) or self.language.config  # its vocab_size, for one
@@ -80,6 +82,18 @@ class VisionLanguage:
             start = start + self.deltas
         positions = start[:, None] + mx.arange(length)[None]
         return mx.broadcast_to(positions[None], (3, rows, length))
+
+
+def _evaluate_constants(vlm: Any) -> None:
+    """Evaluate the arrays a model computes when it is built and keeps outside its parameters (Pixtral's
+    rotary table, held by a plain object). They are lazy on the loading thread's stream, and MLX evaluates a
+    graph only on the thread whose streams made it, not on the encoder's or the engine's."""
+    found = []
+    for _, module in vlm.named_modules():
+        for value in vars(module).values():
+            if hasattr(value, "__dict__") and not isinstance(value, nn.Module):
+                found += [array for array in vars(value).values() if isinstance(array, mx.array)]
+    mx.eval(found)
 
 
 class Encoder:
@@ -210,5 +224,5 @@ class VisionPrefill:
         needed = [i for i, span in enumerate(spans) if span.end > self.done]
         if needed:
             self._embedded = spans[needed[0]].start
-            wanted = {name: np.concatenate([pixels[i][name] for i in needed]) for name in pixels[0]}
+            wanted = stacked([pixels[i] for i in needed])
             self._encoding = self.model.encoder.submit(self.model.vlm, self.tokens, self._embedded, wanted)
