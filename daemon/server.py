@@ -10,9 +10,12 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
+from dataclasses import replace
 from http import HTTPStatus
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import h11
 import hypercorn.protocol
@@ -33,6 +36,7 @@ from daemon.config.logs import current_request, new_request_id
 from daemon.config.model_tables import Speculation
 from daemon.config.settings import Settings, data_dir
 from daemon.config.units import format_bytes
+from daemon.engine.group import STATUS_ENV, Group, GroupError, join, settings_digest
 from daemon.engine.jobs import EngineLimits
 from daemon.engine.names import NameRule
 from daemon.engine.registry import EngineOptions, ModelRegistry
@@ -98,8 +102,9 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
     return app
 
 
-def load_registry(settings: Settings) -> ModelRegistry:
-    """The configured models (none loaded yet), or the demo model when none is configured."""
+def load_registry(settings: Settings, group: Group | None = None) -> ModelRegistry:
+    """The configured models (none loaded yet), or the demo model when none is configured. A group serves
+    its main model alone, loaded from the start, with neither a disk tier nor speculation (see lockstep)."""
     from daemon.config.settings import default_config_path
     from daemon.engine.demo_model import ensure_demo_model
 
@@ -135,13 +140,20 @@ def load_registry(settings: Settings) -> ModelRegistry:
     options = EngineOptions(
         limits=EngineLimits(settings.max_sequences, settings.max_queued, settings.prefill_step_size),
         prompt_cache_bytes=settings.prompt_cache_bytes,
-        disk_cache_dir=settings.disk_cache_dir,
+        disk_cache_dir=settings.disk_cache_dir if group is None else None,
         disk_cache_bytes=settings.prompt_cache_disk_bytes,
+        group=group,
     )
+    if group is not None:
+        if len(specs) > 1:
+            log.warning(
+                "a group serves one model: %s (not %s)", specs[0].name, ", ".join(s.name for s in specs[1:])
+            )
+        specs = [replace(specs[0], pinned=True, vision=False, speculative="off")]
     return ModelRegistry(
         specs,
-        small=settings.small_model,
-        rules=[NameRule(rule.pattern, rule.model) for rule in settings.model_rules],
+        small=settings.small_model if group is None else None,
+        rules=[NameRule(rule.pattern, rule.model) for rule in settings.model_rules] if group is None else [],
         options=options,
         default_ttl=settings.model_ttl,
         memory_budget=settings.memory_budget,
@@ -150,19 +162,77 @@ def load_registry(settings: Settings) -> ModelRegistry:
 
 
 def run(settings: Settings) -> None:
-    """Serve until SIGINT or SIGTERM, end the generations in flight, save the prompt caches, and exit."""
+    """Serve until SIGINT or SIGTERM, end the generations in flight, save the prompt caches, and exit. As
+    one of a group `mlx.launch` started: rank 0 serves, the others follow; a lost group exits 1."""
     settings.check_bind()
-    registry = load_registry(settings)
+    group = join_group(settings)
+    registry = load_registry(settings, group)
+    if group is not None and not group.leader:
+        follow(registry, group, settings.shutdown_grace)
     app = create_app(settings, registry)
     hypercorn.protocol.H11Protocol = EnvelopeH11Protocol
     try:
         registry.start()
+        if group is not None:
+            _loaded_or_exit(registry)
         asyncio.run(_serve(app, hypercorn_config(settings), settings, registry))
     finally:
-        registry.close()
+        if group is None or not group.failed.is_set():  # a lost group's engine may wait forever
+            registry.close()
     if registry.loading:
         log.warning("a model was still loading or downloading; exiting without waiting for it")
-    _exit(0)
+    _exit(1 if group is not None and group.failed.is_set() else 0)
+
+
+# Settings each process of a group may have of its own; every other one must be the same on every rank.
+_PER_PROCESS = {"host", "port", "token", "token_file", "log_level", "log_file", "prompt_cache_dir"}
+
+
+def join_group(settings: Settings) -> Group | None:
+    """This process's group, introduced to the others (exits 2 when a rank has other settings)."""
+    group = join(settings.group_timeout, settings.parallel)
+    if group is None:
+        return None
+    try:
+        group.introduce(settings_digest(__version__, settings.model_dump_json(exclude=_PER_PROCESS)))
+    except GroupError as error:
+        log.error("%s", error)
+        _exit(2)
+    log.info(
+        "rank %d of %d (%s backend): %s",
+        group.rank,
+        group.size,
+        group.backend,
+        "serving HTTP" if group.leader else "following rank 0",
+    )
+    group.watch()
+    return group
+
+
+def _loaded_or_exit(registry: ModelRegistry) -> None:
+    """A group's model loads at start, or the process exits 2 (a model no rank can split ends them all)."""
+    try:
+        registry.main.engine.load().result()
+    except Exception as error:
+        log.error("the group cannot start: %s", error)
+        _exit(2)
+
+
+def follow(registry: ModelRegistry, group: Group, grace: float) -> NoReturn:
+    """A follower: no HTTP, its engine running rank 0's loop until rank 0 stops it (exit 0) or the group is
+    lost (exit 1). A signal is left to rank 0, which stops the group; past the grace period, it exits 1."""
+
+    def on_signal(*_: object) -> None:
+        group.signalled()
+        threading.Timer(grace + 5, _exit, (1,)).start()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    registry.start()
+    _loaded_or_exit(registry)
+    while not group.failed.wait(0.5) and registry.main.engine.alive:
+        pass
+    _exit(1 if group.failed.is_set() else 0)
 
 
 def _exit(code: int) -> None:
@@ -176,6 +246,8 @@ def _exit(code: int) -> None:
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    if (status := os.environ.get(STATUS_ENV)) and os.environ.get("MLX_RANK", "0") == "0":
+        Path(status).write_text(str(code))  # for the `mlxd serve` that started the group
     os._exit(code)
 
 
@@ -257,6 +329,8 @@ async def _serve(app: Quart, config: HypercornConfig, settings: Settings, regist
     stop = asyncio.Event()
 
     def on_signal(signum: int) -> None:
+        if registry.options.group is not None:
+            registry.options.group.signalled()
         if stop.is_set():
             log.warning("second %s: exiting at once", signal.Signals(signum).name)
             _exit(0)
@@ -269,8 +343,9 @@ async def _serve(app: Quart, config: HypercornConfig, settings: Settings, regist
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)
-
-    ending: list[asyncio.Task] = []
+    ending: list[asyncio.Task] = []  # tasks kept referenced while they run
+    if registry.options.group is not None:
+        ending.append(loop.create_task(_stop_when_lost(registry.options.group, stop)))
 
     async def shutdown_trigger() -> None:
         await stop.wait()
@@ -289,9 +364,19 @@ async def _serve(app: Quart, config: HypercornConfig, settings: Settings, regist
     log.info("mlxd stopped")
 
 
+async def _stop_when_lost(group: Group, stop: asyncio.Event) -> None:
+    """A lost group has ended its streams (with retryable errors): it stops serving, and exits 1."""
+    while not group.failed.is_set():
+        await asyncio.sleep(0.5)
+    stop.set()
+
+
 async def _end_streams_after(grace: float, registry: ModelRegistry) -> None:
     """Past the grace period, streams still open end with an overloaded error event (clients retry)
     rather than a silent cut; Hypercorn then lets them flush before it closes their connections."""
-    await asyncio.sleep(grace)
+    group = registry.options.group
+    await asyncio.sleep(grace if group is None or not group.failed.is_set() else 0)
+    if group is not None and group.failed.is_set():
+        return  # its streams ended already; its engine may wait forever for a lost rank
     log.info("grace period over: ending the generations still in flight")
     await asyncio.to_thread(registry.close)

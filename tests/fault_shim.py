@@ -27,6 +27,7 @@ from typing import Any
 from daemon.api import messages
 from daemon.cli import main
 from daemon.engine import runner
+from daemon.engine.accepted import AcceptedJobs
 from daemon.engine.decoder import OutputDecoder
 from daemon.engine.vision_model import VisionPrefill
 
@@ -123,10 +124,10 @@ def advance(self: VisionPrefill, **kwargs: Any) -> None:
 _start = VisionPrefill._start
 _ended = threading.Condition()
 _ended_count = 0
-_end = runner.Engine._end
+_end = AcceptedJobs.end
 
 
-def end(self: runner.Engine, job: Any, event: Any) -> None:
+def end(self: AcceptedJobs, job: Any, event: Any) -> None:
     global _ended_count
     _end(self, job, event)
     with _ended:
@@ -173,7 +174,7 @@ runner.logits_processors = logits_processors
 OutputDecoder.feed = feed
 VisionPrefill.advance = advance
 VisionPrefill._start = start
-runner.Engine._end = end
+AcceptedJobs.end = end
 messages.MessageStream = FailingStream
 
 if __name__ == "__main__":

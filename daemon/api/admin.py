@@ -29,6 +29,7 @@ async def ps() -> dict:
         "weight_bytes": sum(model["weight_bytes"] for model in models),
         "kv_bytes": sum(served.engine.kv_bytes for served in registry),
         "active_memory_bytes": active_memory(),
+        "group": group.describe() if (group := registry.options.group) is not None else None,
     }
 
 
@@ -59,6 +60,10 @@ async def load(name: str) -> dict:
 async def unload(name: str) -> dict:
     """Unload the model now, unless a request is using it."""
     served = _resolve(name)
+    if (group := _registry().options.group) is not None:
+        raise RequestError(
+            409, f"model {served.name} is split across a group of {group.size} processes: it stays loaded"
+        )
     freed = await asyncio.wrap_future(_registry().unload(served))
     if served.engine.resident:
         in_flight = served.engine.active_sequences + served.engine.queued

@@ -21,6 +21,7 @@ async def health() -> dict:
         "version": __version__,
         "uptime_seconds": round(time.monotonic() - current_app.config["MLXD_STARTED"], 1),
         "models": await asyncio.to_thread(_models, registry),  # context lengths may be read from disk
+        **({"group": group.describe()} if (group := registry.options.group) is not None else {}),
     }
 
 

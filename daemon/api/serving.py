@@ -64,6 +64,7 @@ async def start(chat: ChatRequest) -> Generation:
         emit=events.emit,
         label=g.request_id,
         parts=served.parts(chat),
+        request=chat,
     )
     events.job = job
     try:

@@ -40,7 +40,18 @@ def ps_lines(reply: dict[str, Any]) -> list[str]:
     )
     lines += [_cache_line(m) for m in reply["models"] if any(m["cache_counts"].values())]
     lines += [f"{m['name']}: last load failed: {m['last_error']}" for m in reply["models"] if m["last_error"]]
+    if (group := reply.get("group")) is not None:
+        lines += _group_lines(group)
     return lines
+
+
+def _group_lines(group: dict[str, Any]) -> list[str]:
+    """A group's ranks: where each runs and the memory MLX holds there."""
+    lines = [f"group: {group['size']} processes over {group['backend']}, {group['parallel']} parallel"]
+    rows = [
+        [str(r["rank"]), r["host"], str(r["pid"]), format_bytes(r["memory_bytes"])] for r in group["ranks"]
+    ]
+    return lines + table(("RANK", "HOST", "PID", "MEMORY"), rows)
 
 
 def _cache_line(model: dict[str, Any]) -> str:

@@ -34,6 +34,18 @@ from daemon.config.settings import DEFAULT_PORT, SettingsError, default_config_p
     help=f"TOML config file. [default: {default_config_path()}, if present]",
 )
 @click.option(
+    "--hostfile",
+    type=click.Path(dir_okay=False),
+    help="Serve one model across the hosts of this mlx.distributed_config hostfile (this Mac first).",
+)
+@click.option("--hosts", help="Serve one model across these hosts (comma-separated, this Mac first).")
+@click.option("--ranks", type=int, help="Serve one model across this many processes on this machine.")
+@click.option(
+    "--parallel",
+    type=click.Choice(["auto", "tensor", "pipeline"]),
+    help="How a group splits the model. [default: auto: tensor parallel where the model supports it]",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     help="Logging detail; prompts and outputs appear only at debug. [default: info]",
@@ -48,6 +60,10 @@ def serve(**flags: object) -> None:
         settings = load_settings(flags)
         settings.check_sources()
         configure_logging(settings.log_level, settings.log_file)
+        from daemon.cli.launch import group_wanted, launch
+
+        if group_wanted(settings):
+            sys.exit(launch(settings, sys.argv[sys.argv.index("serve") + 1 :]))
         from daemon.server import run
 
         run(settings)

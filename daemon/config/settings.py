@@ -95,6 +95,15 @@ class Settings(BaseModel):
     keep_small_model_loaded: bool = False
     model_ttl: float = Field(1800.0, ge=0)
     memory_budget_bytes: int | None = Field(None, ge=0)
+    # A group of processes started by `mlx.launch` (one model across several Macs): how the model is split,
+    # and how long an engine step may wait for another process before the group counts as lost.
+    # `mlxd serve` then starts every rank through `mlx.launch`: from a hostfile as `mlx.distributed_config`
+    # writes it, on a list of hosts (this Mac first), or as `ranks` processes on this machine.
+    hostfile: Path | None = None
+    hosts: str | None = None
+    ranks: int | None = Field(None, ge=2)
+    parallel: Literal["auto", "tensor", "pipeline"] = "auto"
+    group_timeout: float = Field(120.0, gt=0)
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides loopback ones (and a non-loopback bind)
     allowed_origins: tuple[str, ...] = ()  # web page origins answered; requests without Origin always are
     allowed_clients: tuple[IPv4Network | IPv6Network, ...] = ()  # client addresses; empty: any that connects

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from daemon.chat.events import GenerationEvent
+from daemon.chat.request import ChatRequest
 from daemon.engine.prompt import Prompt
 from daemon.engine.reuse import Part
 from daemon.engine.sampling import SamplingParams
@@ -39,8 +40,10 @@ class GenerationJob:
     emit: Callable[[GenerationEvent], None]
     label: str = "request"  # names the request in logs
     parts: list[Part] = field(default_factory=list)  # the request's structure, to explain cache misses
-    cancelled: bool = False
+    request: ChatRequest | None = None  # what the prompt was rendered from (a group's other ranks render it)
+    cancel_asked: bool = False
+    cancelled: bool = False  # as the engine sees it: `cancel_asked`, latched at the top of an engine loop
 
     def cancel(self) -> None:
         """Ask the engine to stop this generation; safe from any thread."""
-        self.cancelled = True
+        self.cancel_asked = True

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.engine.grammar import GrammarCompiler
 from daemon.engine.vision import Vision
@@ -19,6 +19,9 @@ from daemon.store.files import (
     resolve_path,
     vision_type,
 )
+
+if TYPE_CHECKING:
+    from daemon.engine.group import Group
 
 
 @dataclass
@@ -95,9 +98,17 @@ def _check_kv(config: dict[str, Any], bits: int, group_size: int) -> None:
         raise ValueError(f"kv_group_size {group_size} does not divide the model's head size {shape[2]}")
 
 
-def load_weights(prepared: PreparedModel, path: Path) -> LoadedModel:
-    """The prepared model with its weights, read from `path`: what `resolve_path` gives for its source."""
-    if prepared.vision is not None:
+def load_weights(prepared: PreparedModel, path: Path, group: Group | None = None) -> LoadedModel:
+    """The prepared model with its weights, read from `path`: what `resolve_path` gives for its source; on a
+    group, this rank's shard of them (read lazily, so that only the shard is read)."""
+    if group is not None:
+        import mlx.core as mx
+        from mlx_lm.utils import load_model as load_mlx_model
+
+        model, _ = load_mlx_model(path, lazy=True)
+        group.split(model)
+        mx.eval(model.parameters())
+    elif prepared.vision is not None:
         from mlx_vlm.utils import load_model as load_vision_model
 
         from daemon.engine.vision_model import VisionLanguage

@@ -45,6 +45,12 @@ class OnDemandEngine:
         return self._engine is not None
 
     @property
+    def alive(self) -> bool:
+        """Loaded, and its engine's thread runs."""
+        engine = self._engine
+        return engine is not None and engine.alive
+
+    @property
     def loading(self) -> bool:
         return self._loading is not None
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 from daemon.config.units import format_bytes
 from daemon.engine.draft import Draft, VocabularyMismatch, load_draft, prepare_draft
+from daemon.engine.group import GROUP_FAILED, Group
 from daemon.engine.jobs import EngineLimits
+from daemon.engine.lockstep import Lockstep
 from daemon.engine.memory import NoRoom, Resident, plan_room
 from daemon.engine.model import LoadedModel, PreparedModel, load_weights
 from daemon.engine.names import ModelNames, NameRule, tier_rules
@@ -45,6 +47,7 @@ class EngineOptions:
     prompt_cache_bytes: int = 0
     disk_cache_dir: Path | None = None
     disk_cache_bytes: int = 0
+    group: Group | None = None  # the processes one model is split across, this one among them
 
 
 class ModelRegistry:
@@ -176,6 +179,9 @@ class ModelRegistry:
     def _load(self, served: ServedModel) -> None:
         """On the loader thread: fetch the weights if needed, make room, load, and start the engine."""
         spec = served.spec
+        if self.options.group is not None and self.options.group.failed.is_set():
+            served.engine.fail(GROUP_FAILED, overloaded=True, retry=True)  # its ranks are gone: no reload
+            return
         try:
             prepared = served.prepare().result()
             started = time.perf_counter()
@@ -184,10 +190,10 @@ class ModelRegistry:
             draft = self._prepare_draft(spec, prepared)
             size = weight_bytes(path) + (weight_bytes(draft[1]) if draft else 0)
             self._make_room(served, size)
-            loaded = load_weights(prepared, path)
+            loaded = load_weights(prepared, path, self.options.group)
             if draft is not None:
                 loaded.draft = self._load_draft(loaded, *draft)
-            engine = Engine(loaded, self._prompt_cache(loaded), self.options.limits)
+            engine = Engine(loaded, self._prompt_cache(loaded), self.options.limits, self._lockstep(served))
         except NoRoom as error:
             log.warning("not loading model %s: %s", spec.name, error)
             served.engine.fail(str(error), overloaded=error.retry, retry=error.retry)
@@ -250,6 +256,10 @@ class ModelRegistry:
             for s in self
             if s is not loading and s.engine.resident
         ]
+
+    def _lockstep(self, served: ServedModel) -> Lockstep | None:
+        group = self.options.group
+        return Lockstep(group, lambda chat: (served.render(chat), served.parts(chat))) if group else None
 
     def _prompt_cache(self, loaded: LoadedModel) -> PromptCache:
         options = self.options

@@ -9,6 +9,7 @@ in one request's own parts (its decoder, sampler, constraints) ends that request
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import queue
@@ -17,11 +18,14 @@ import time
 
 from daemon.chat.events import Failed, GenerationEvent, Started
 from daemon.config.logs import current_request
+from daemon.engine.accepted import AcceptedJobs, names, send
 from daemon.engine.constraints import logits_processors
 from daemon.engine.decode_batch import Generator
 from daemon.engine.decoder import OutputDecoder
+from daemon.engine.group import GROUP_FAILED
 from daemon.engine.guards import reset_random_state
-from daemon.engine.jobs import EngineLimits, GenerationJob, Overloaded
+from daemon.engine.jobs import EngineLimits, GenerationJob
+from daemon.engine.lockstep import Lockstep
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt_cache import CacheHit, DiskReads, PromptCache
 from daemon.engine.reuse import ReuseMonitor
@@ -32,7 +36,6 @@ from daemon.engine.vision_model import VisionPrefill
 log = logging.getLogger(__name__)
 
 _STOP = object()
-_ENDED = object()
 _READ = object()  # a disk read finished
 SHUTTING_DOWN = "the server is shutting down; retry shortly"
 ENGINE_STOPPED = "the model's engine stopped after an internal error; retry to load it again"
@@ -41,24 +44,31 @@ REQUEST_FAILED = "generation of this request failed inside the engine; see the s
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, cache: PromptCache, limits: EngineLimits | None = None):
+    """One model's engine thread; with `lockstep`, one rank's, in step with the rest of its group."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        cache: PromptCache,
+        limits: EngineLimits | None = None,
+        lockstep: Lockstep | None = None,
+    ):
         self.loaded = loaded
         self.cache = cache
         self.limits = limits or EngineLimits()
+        self._lockstep = lockstep
         self._inbox: queue.Queue = queue.Queue()
         self._running: dict[int, Sequence] = {}
         # Prompts with images, prefilled apart from the batch (first come first served, a unit per loop).
         self._prefills: list[tuple[Sequence, VisionPrefill]] = []
-        # Every job accepted and not yet ended, queued ones included: each leaves it only through `_end`,
-        # which sends its one terminal event, and whatever is left when the thread stops ends there too.
-        self._jobs: dict[GenerationJob, None] = {}
-        self._jobs_lock = threading.Lock()
-        self._closed = False
+        self._jobs = AcceptedJobs(loaded.name, self.limits, lockstep.ended if lockstep else lambda jobs: None)
         self._close_lock = threading.Lock()
         self._reuse = ReuseMonitor()
         self._reads = DiskReads(cache, lambda: self._inbox.put(_READ))
         self.kv_bytes = 0  # KV state held, of the sequences and in the prompt cache (as of the last step)
         self._vocab_size = getattr(getattr(loaded.model, "args", None), "vocab_size", None)
+        if lockstep is not None:
+            lockstep.group.on_lost(lambda: self._jobs.end_all(GROUP_FAILED))
         self._thread = threading.Thread(target=self._run, name=f"engine-{loaded.name}", daemon=True)
         self._thread.start()
 
@@ -79,27 +89,19 @@ class Engine:
     @property
     def alive(self) -> bool:
         """The engine takes jobs: it was not closed and its thread did not stop."""
-        return not self._closed
+        return not self._jobs.closed
 
     def submit(self, job: GenerationJob) -> None:
         """Queue a job, first come first served; raises `Overloaded` when the queue is full."""
-        with self._jobs_lock:
-            if not self._closed:
-                if len(self._jobs) >= self.limits.max_sequences + self.limits.max_queued:
-                    raise Overloaded.queue_full(len(self._jobs), self.loaded.name, self.limits)
-                self._jobs[job] = None
-                self._inbox.put((job, time.perf_counter()))
-                return
-        _send(job, Failed(SHUTTING_DOWN, overloaded=True))
+        if not self._jobs.accept(job, lambda: self._inbox.put((job, time.perf_counter()))):
+            send(job, Failed(SHUTTING_DOWN, overloaded=True))
 
     def close(self) -> None:
         """Stop the thread; jobs still running end with an overloaded error so clients retry."""
         # Callers race at shutdown (the grace timer and the runner's exit); each returns only once the
         # thread is gone, since MLX must not be running when the interpreter exits.
         with self._close_lock:
-            with self._jobs_lock:
-                stopping, self._closed = not self._closed, True
-            if stopping:
+            if self._jobs.close():
                 self._inbox.put(_STOP)
             self._thread.join()
 
@@ -111,14 +113,17 @@ class Engine:
         ending = SHUTTING_DOWN
         try:
             self._serve(stream)
-        except Exception:
+        except Exception as error:
             log.exception("the engine of %s stopped after an internal error", self.loaded.name)
-            ending = ENGINE_STOPPED
+            ending = ENGINE_STOPPED if self._lockstep is None else GROUP_FAILED
+            if self._lockstep is not None:
+                self._lockstep.group.lost(str(error))
         finally:
-            self._end_all(ending)
+            self._jobs.end_all(ending)
             # The generator computes one step ahead: let that finish, then release this thread's MLX
             # streams here, since left to the thread's teardown they abort the process.
-            mx.synchronize(stream)
+            with contextlib.suppress(RuntimeError):  # a group's lost rank fails what waited on it
+                mx.synchronize(stream)
             mx.clear_streams()
             if self.loaded.vision is not None:
                 self.loaded.model.encoder.close()
@@ -127,7 +132,7 @@ class Engine:
         """Admit, step and retire jobs until told to stop."""
         batch = self._new_batch(stream)
         while True:
-            incoming = self._take_inbox(block=not self._running and not self._prefills)
+            incoming = self._incoming()
             if _STOP in incoming:
                 batch.close()
                 self._reads.close()
@@ -142,6 +147,8 @@ class Engine:
             try:
                 self._step(batch)
             except Exception:
+                if self._lockstep is not None:  # the ranks may no longer agree on the batch
+                    raise
                 # A fault no single request owns (the model's forward pass, the generator itself).
                 log.exception("a generation step failed; ending the %d sequences in it", len(self._running))
                 for uid in list(self._running):
@@ -162,6 +169,21 @@ class Engine:
             kv=self.loaded.kv,
         )
 
+    def _incoming(self) -> list:
+        """What this loop takes in: jobs (and `_STOP`, `_READ`) from the inbox, with the cancellations asked
+        since the last loop; on a group, what rank 0 took, shared with every rank."""
+        lockstep = self._lockstep
+        idle = not self._running and not self._prefills
+        taken = self._take_inbox(block=idle) if lockstep is None or lockstep.leader else []
+        latched = self._jobs.latch()
+        if lockstep is None:
+            return taken
+        state = (tuple(sorted(self._running)), self.cache.entries)
+        incoming = lockstep.exchange(taken, latched, state, _STOP)
+        if not lockstep.leader:
+            self._jobs.add(item[0] for item in incoming if item is not _STOP)
+        return incoming
+
     def _take_inbox(self, *, block: bool) -> list:
         items = []
         try:
@@ -175,14 +197,14 @@ class Engine:
         """Start the job's generation (once its prefix is read, when it lies on disk), or end it at once:
         cancelled, or failed while starting."""
         if job.cancelled:
-            self._end(job, None)
+            self._jobs.end(job, None)
             return
         label = current_request.set(job.label)  # lines logged meanwhile name the request
         try:
             self._insert(batch, job, submitted, hit)
         except Exception:
             log.exception("could not start generating")
-            self._end(job, Failed(REQUEST_FAILED))
+            self._jobs.end(job, Failed(REQUEST_FAILED))
         finally:
             current_request.reset(label)
 
@@ -234,7 +256,8 @@ class Engine:
     def _start(self, batch, uid: int, sequence: Sequence) -> None:
         """The sequence is in the batch as `uid`: it may speculate, and its client hears it started."""
         job = sequence.job
-        if not sequence.prewarm and (proposing := proposer(self.loaded, job)) is not None:
+        speculates = not sequence.prewarm and self._lockstep is None  # a group's widths would be timed
+        if speculates and (proposing := proposer(self.loaded, job)) is not None:
             sequence.speculation = Speculation(proposing, job.sampling, self.loaded.num_draft_tokens)
             batch.speculate(uid, sequence.speculation)
         self._running[uid] = sequence
@@ -248,7 +271,7 @@ class Engine:
         try:
             if job.cancelled:
                 self._prefills.pop(0)
-                self._end(job, None)
+                self._jobs.end(job, None)
             elif not prefill.finished:
                 prefill.advance(idle=not self._running)
             elif batch.room:
@@ -268,7 +291,7 @@ class Engine:
             log.exception("could not process the prompt's images")
             if self._prefills and self._prefills[0][0] is sequence:
                 self._prefills.pop(0)
-            self._end(job, Failed(REQUEST_FAILED))
+            self._jobs.end(job, Failed(REQUEST_FAILED))
         finally:
             current_request.reset(label)
 
@@ -281,7 +304,7 @@ class Engine:
         prompt_responses, responses = batch.next()
         for uid in [uid for uid, running in self._running.items() if running.fault is not None]:
             running = self._running[uid]
-            log.error("failed in its generation step", exc_info=running.fault, extra=_names(running.job))
+            log.error("failed in its generation step", exc_info=running.fault, extra=names(running.job))
             self._retire(uid, Failed(REQUEST_FAILED), batch)
         self._store_segments(batch, prompt_responses)
         for response in responses:
@@ -355,7 +378,7 @@ class Engine:
                 reason = "tool_use" if decoder.tool_calls else "end_turn"
             else:
                 reason = "max_tokens"
-        self._end(running.job, running.finished(reason, caching=bool(self.cache.max_bytes)))
+        self._jobs.end(running.job, running.finished(reason, caching=bool(self.cache.max_bytes)))
 
     def _retire(self, uid: int, event: GenerationEvent | None, batch=None) -> None:
         """End a running sequence's job with `event`, freeing its place in `batch` when given."""
@@ -363,33 +386,4 @@ class Engine:
         if batch is not None:
             batch.remove([uid])  # a sequence the generator already ended is not there: nothing happens
         if running is not None:
-            self._end(running.job, event)
-
-    def _end(self, job: GenerationJob, event: GenerationEvent | None) -> None:
-        """The job's one terminal outcome: `event` (None for a cancelled job, whose client is gone)."""
-        with self._jobs_lock:
-            if self._jobs.pop(job, _ENDED) is _ENDED:
-                return
-        if event is not None:
-            _send(job, event)
-
-    def _end_all(self, message: str) -> None:
-        """The thread is stopping: every job still accepted ends, and no more are taken."""
-        with self._jobs_lock:
-            self._closed = True
-            jobs, self._jobs = list(self._jobs), {}
-        for job in jobs:
-            if not job.cancelled:
-                _send(job, Failed(message, overloaded=True))
-
-
-def _names(job: GenerationJob) -> dict[str, str]:
-    """`extra` for a line about `job` logged outside its own handling."""
-    return {"request_id": job.label}
-
-
-def _send(job: GenerationJob, event: GenerationEvent) -> None:
-    try:
-        job.emit(event)
-    except Exception:  # the receiving side is gone (its event loop closed at shutdown): nothing to tell
-        log.debug("could not deliver %s", type(event).__name__, exc_info=True, extra=_names(job))
+            self._jobs.end(running.job, event)

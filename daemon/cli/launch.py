@@ -1,0 +1,59 @@
+"""`mlxd serve` for a group: `mlx.launch` starts every rank (rank 0 here, serving HTTP; the others on the
+hosts its hostfile or `--hosts` names, or on this machine with `--ranks`), and this process waits for them.
+
+`mlx.launch` itself exits 0 whatever its ranks did, so rank 0 writes its exit status to a file this process
+reads: a lost group exits non-zero here too, and launchd (KeepAlive on failure) starts it again. A signal
+goes to every rank this machine runs; rank 0 then stops the group as it stops serving.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from daemon.config.settings import Settings
+from daemon.engine.group import STATUS_ENV, launched
+
+
+def group_wanted(settings: Settings) -> bool:
+    """The settings ask for a group, and this process is not one of its ranks yet."""
+    wanted = settings.hostfile is not None or settings.hosts is not None or settings.ranks is not None
+    return wanted and not launched()
+
+
+def launch(settings: Settings, serve_args: list[str]) -> int:
+    """Run the group until it ends, each rank with `serve_args` (`mlxd serve`'s own: in a rank, the group
+    flags are not read again); the exit status is rank 0's (1 when it wrote none)."""
+    launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
+    if launcher is None:
+        raise RuntimeError("mlx.launch was not found (it comes with mlx); reinstall mlxd")
+    if settings.hostfile is not None:
+        where = ["--hostfile", str(settings.hostfile.expanduser())]
+    elif settings.hosts is not None:
+        where = ["--hosts", settings.hosts]
+    else:
+        where = ["-n", str(settings.ranks), "--backend", "ring"]
+    with tempfile.TemporaryDirectory(prefix="mlxd-group-") as folder:
+        status = Path(folder) / "status"
+        command = [launcher, *where, "--python", sys.executable, "--", "-m", "daemon", "serve", *serve_args]
+        process = subprocess.Popen(
+            command, env={**os.environ, STATUS_ENV: str(status)}, start_new_session=True
+        )
+
+        def forward(signum: int, _frame: object) -> None:
+            os.killpg(process.pid, signum)
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, forward)
+        process.wait()
+        # A signal ends mlx.launch at once; rank 0 may still be ending the streams in flight.
+        deadline = time.monotonic() + settings.shutdown_grace + 10
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return int(status.read_text() or 1) if status.exists() else 1

@@ -1,0 +1,179 @@
+"""One model across two processes: `mlxd serve --ranks 2` starts both through `mlx.launch` (the ring backend
+on loopback, CPU), rank 0 serving HTTP and rank 1 following it step by step. Greedy answers through the API,
+alone and batched, are the ones a single process gives; turn 2 reads turn 1 from every rank's prefix cache;
+/health and `mlxd ps` show the group; killing rank 1 mid-stream ends the stream with a retryable
+`overloaded_error` event and the group exits non-zero; a model mlx-lm cannot split, or a rank started with
+other settings, is refused at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.claude_code_request import claude_code_request
+from tests.conftest import COUNT, HELLO, MLXD, STORY, RunningServer, free_port, run_server, server_env
+from tests.test_cache_and_batching import ask, next_turn, prompt_tokens, run_together, trained_request
+
+GROUP = ("--ranks", "2")
+
+
+@pytest.fixture(scope="module")
+def group(trained: Path, tmp_path_factory) -> Iterator[RunningServer]:
+    home = tmp_path_factory.mktemp("group")
+    with run_server(home, *GROUP, "--model", str(trained), "--model-name", "trained") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def solo_answers(trained: Path, tmp_path_factory) -> list:
+    home = tmp_path_factory.mktemp("solo")
+    with (
+        run_server(home, "--model", str(trained), "--model-name", "trained") as server,
+        server.http() as http,
+    ):
+        return [ask(http, request)["content"] for request in REQUESTS]
+
+
+REQUESTS = [
+    trained_request(STORY),
+    trained_request(HELLO),
+    trained_request(COUNT),
+    {**trained_request(STORY), "max_tokens": 7},
+    {**trained_request(HELLO), "stop_sequences": ["world"]},
+]
+
+
+def test_greedy_answers_are_one_process_answers_alone_and_batched(group: RunningServer, solo_answers) -> None:
+    with group.http() as http:
+        alone = [ask(http, request)["content"] for request in REQUESTS]
+    together = [answer["content"] for answer in run_together(group, REQUESTS)]
+    assert alone == solo_answers and together == solo_answers
+    assert alone[0][0]["text"] == STORY.response and alone[2][0]["text"] == COUNT.response
+
+
+def test_turn_two_reads_turn_one_from_the_cache(group: RunningServer) -> None:
+    first_request = {
+        **claude_code_request("trained", max_tokens=8, scale=0.05),
+        "stream": False,
+        "temperature": 0,
+    }
+    with group.http() as http:
+        first = ask(http, first_request)
+        second = ask(http, next_turn(first_request, first, "Now open README.md."))
+    assert second["usage"]["cache_read_input_tokens"] >= prompt_tokens(first["usage"])
+
+
+def test_health_and_ps_show_the_group(group: RunningServer, tmp_path: Path) -> None:
+    with group.http() as http:
+        health = http.get("/health").json()["group"]
+    assert health["size"] == 2 and health["backend"] == "ring" and health["parallel"] == "tensor"
+    assert [r["rank"] for r in health["ranks"]] == [0, 1]
+    assert all(r["memory_bytes"] > 0 and r["pid"] > 0 for r in health["ranks"])
+    ps = subprocess.run(
+        [str(MLXD), "ps", "--url", group.url], capture_output=True, text=True, env=server_env(tmp_path)
+    )
+    assert ps.returncode == 0, ps.stderr
+    assert "group: 2 processes over ring, tensor parallel" in ps.stdout
+    assert str(health["ranks"][1]["pid"]) in ps.stdout
+
+
+def test_unloading_a_group_model_is_refused(group: RunningServer) -> None:
+    with group.http() as http:
+        response = http.post("/v1/admin/models/trained/unload")
+    assert response.status_code == 409
+    assert "split across a group of 2 processes" in response.json()["error"]["message"]
+
+
+def test_killing_rank_one_mid_stream_ends_it_retryably_and_the_group_exits_non_zero(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    endless = {
+        "model": "m",
+        "max_tokens": 3000,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write at length."}],
+    }
+    with run_server(tmp_path, *GROUP, "--model", str(tiny_model), "--model-name", "m") as server:
+        with server.http() as http:
+            follower = http.get("/health").json()["group"]["ranks"][1]["pid"]
+            with http.stream("POST", "/v1/messages", json=endless) as stream:
+                events = []
+                for line in stream.iter_lines():
+                    if line.startswith("event: "):
+                        events.append(line.removeprefix("event: "))
+                    if events.count("content_block_delta") == 3:
+                        os.kill(follower, signal.SIGKILL)
+                    if line.startswith("data: ") and '"type":"error"' in line.replace(" ", ""):
+                        error = json.loads(line.removeprefix("data: "))["error"]
+        assert error["type"] == "overloaded_error" and "group" in error["message"]
+        assert events[-1] == "error" and "message_stop" not in events
+        assert server.process.wait(timeout=60) != 0
+    assert "the group of 2 processes is lost" in server.log()
+
+
+def test_a_model_mlx_lm_cannot_split_is_refused_at_start(tiny_model: Path, tmp_path: Path) -> None:
+    model = unshardable_model(tiny_model, tmp_path / "gemma")
+    process = subprocess.run(
+        [str(MLXD), "serve", *GROUP, "--port", str(free_port()), "--model", str(model)],
+        capture_output=True,
+        text=True,
+        env=server_env(tmp_path),
+        timeout=120,
+    )
+    assert process.returncode == 2
+    assert "mlx-lm's gemma model supports neither tensor parallelism (model.shard) nor pipeline" in (
+        process.stdout + process.stderr
+    )
+
+
+def test_a_rank_with_other_settings_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    """Both ranks started as `mlx.launch` starts them (MLX_RANK, and a ring hostfile of loopback ports),
+    rank 1 with another `max_sequences`."""
+    hostfile = tmp_path / "ring.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{free_port()}"], [f"127.0.0.1:{free_port()}"]]))
+    command = [str(MLXD), "serve", "--port", str(free_port()), "--model", str(tiny_model)]
+    ranks = []
+    for rank in (0, 1):
+        env = server_env(tmp_path, MLX_RANK=str(rank), MLX_HOSTFILE=str(hostfile))
+        if rank == 1:
+            env["MLXD_MAX_SEQUENCES"] = "4"
+        ranks.append(subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True))
+    outputs = [process.communicate(timeout=120)[1] for process in ranks]
+    assert [process.returncode for process in ranks] == [2, 2]
+    assert "rank 1 on " in outputs[0] and "other settings than rank 0" in outputs[0]
+
+
+def unshardable_model(like: Path, path: Path) -> Path:
+    """A tiny random Gemma model (mlx-lm's gemma has neither `shard` nor `pipeline`), with `like`'s
+    tokenizer."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm.models import gemma
+
+    path.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (like / name).exists():
+            shutil.copy(like / name, path / name)
+    vocab = json.loads((like / "config.json").read_text())["vocab_size"]
+    config = {
+        "model_type": "gemma",
+        "hidden_size": 64,
+        "num_hidden_layers": 2,
+        "intermediate_size": 128,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "rms_norm_eps": 1e-6,
+        "vocab_size": vocab,
+    }
+    (path / "config.json").write_text(json.dumps(config))
+    model = gemma.Model(gemma.ModelArgs.from_dict(config))
+    mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
+    return path
