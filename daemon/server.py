@@ -174,7 +174,7 @@ def run(settings: Settings) -> None:
     try:
         registry.start()
         if group is not None:
-            _loaded_or_exit(registry)
+            _loaded_or_exit(registry, group)
         asyncio.run(_serve(app, hypercorn_config(settings), settings, registry))
     finally:
         if group is None or not group.failed.is_set():  # a lost group's engine may wait forever
@@ -197,7 +197,7 @@ def join_group(settings: Settings) -> Group | None:
         group.introduce(settings_digest(__version__, settings.model_dump_json(exclude=_PER_PROCESS)))
     except GroupError as error:
         log.error("%s", error)
-        _exit(2)
+        _refused(group)
     log.info(
         "rank %d of %d (%s backend): %s",
         group.rank,
@@ -209,13 +209,21 @@ def join_group(settings: Settings) -> Group | None:
     return group
 
 
-def _loaded_or_exit(registry: ModelRegistry) -> None:
+def _loaded_or_exit(registry: ModelRegistry, group: Group) -> None:
     """A group's model loads at start, or the process exits 2 (a model no rank can split ends them all)."""
     try:
         registry.main.engine.load().result()
     except Exception as error:
         log.error("the group cannot start: %s", error)
-        _exit(2)
+        _refused(group)
+
+
+def _refused(group: Group) -> NoReturn:
+    """The group cannot start: exit 2. Every rank finds so alike; the others leave rank 0 a moment to report
+    it, since `mlx.launch` ends every rank once one exits."""
+    if not group.leader:
+        time.sleep(2)
+    _exit(2)
 
 
 def follow(registry: ModelRegistry, group: Group, grace: float) -> NoReturn:
@@ -229,13 +237,13 @@ def follow(registry: ModelRegistry, group: Group, grace: float) -> NoReturn:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, on_signal)
     registry.start()
-    _loaded_or_exit(registry)
+    _loaded_or_exit(registry, group)
     while not group.failed.wait(0.5) and registry.main.engine.alive:
         pass
     _exit(1 if group.failed.is_set() else 0)
 
 
-def _exit(code: int) -> None:
+def _exit(code: int) -> NoReturn:
     """End the process once every engine is closed, its cache saved and the log flushed, without Python's
     interpreter finalization. Two things go wrong there: Python would wait for a loader thread whose download
     may take minutes more, and a thread that ran MLX can still be running its C++ thread-local destructors

@@ -1,9 +1,9 @@
 """One model across two processes: `mlxd serve --ranks 2` starts both through `mlx.launch` (the ring backend
 on loopback, CPU), rank 0 serving HTTP and rank 1 following it step by step. Greedy answers through the API,
 alone and batched, are the ones a single process gives; turn 2 reads turn 1 from every rank's prefix cache;
-/health and `mlxd ps` show the group; killing rank 1 mid-stream ends the stream with a retryable
-`overloaded_error` event and the group exits non-zero; a model mlx-lm cannot split, or a rank started with
-other settings, is refused at start."""
+/health and `mlxd ps` show the group; a pipeline-parallel split answers as one process too; killing rank 1
+mid-stream ends the stream with a retryable `overloaded_error` event and the group exits non-zero; a model
+mlx-lm cannot split, or a rank started with other settings, is refused at start."""
 
 from __future__ import annotations
 
@@ -108,8 +108,8 @@ def test_killing_rank_one_mid_stream_ends_it_retryably_and_the_group_exits_non_z
                 for line in stream.iter_lines():
                     if line.startswith("event: "):
                         events.append(line.removeprefix("event: "))
-                    if events.count("content_block_delta") == 3:
-                        os.kill(follower, signal.SIGKILL)
+                        if events[-1] == "content_block_delta" and events.count(events[-1]) == 3:
+                            os.kill(follower, signal.SIGKILL)
                     if line.startswith("data: ") and '"type":"error"' in line.replace(" ", ""):
                         error = json.loads(line.removeprefix("data: "))["error"]
         assert error["type"] == "overloaded_error" and "group" in error["message"]
@@ -118,8 +118,31 @@ def test_killing_rank_one_mid_stream_ends_it_retryably_and_the_group_exits_non_z
     assert "the group of 2 processes is lost" in server.log()
 
 
+def test_pipeline_parallel_over_an_uneven_split_answers_as_one_process(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Qwen2 (mlx-lm pipelines it) of 3 layers over 2 ranks: 2 on rank 0, 1 on rank 1, each prompt cache
+    budgeted for its own share. Stopping the group (SIGTERM to `mlxd serve`) ends every rank with 0."""
+    model = random_model(tiny_model, tmp_path / "qwen2", "qwen2", layers=3)
+    prompts = ["Hello there", "Count to five please", "Hello there, again"]
+    requests = [
+        {"model": "m", "max_tokens": 12, "temperature": 0, "messages": [{"role": "user", "content": text}]}
+        for text in prompts
+    ]
+    answers = {}
+    for name, flags in (("solo", ()), ("pipeline", (*GROUP, "--parallel", "pipeline"))):
+        with run_server(tmp_path / name, *flags, "--model", str(model), "--model-name", "m") as server:
+            with server.http() as http:
+                answers[name] = [ask(http, request)["content"] for request in [*requests, *requests]]
+                health = http.get("/health").json()
+            server.process.terminate()
+            assert server.process.wait(timeout=60) == 0
+    assert answers["pipeline"] == answers["solo"]
+    assert health["group"]["parallel"] == "pipeline"
+
+
 def test_a_model_mlx_lm_cannot_split_is_refused_at_start(tiny_model: Path, tmp_path: Path) -> None:
-    model = unshardable_model(tiny_model, tmp_path / "gemma")
+    model = random_model(tiny_model, tmp_path / "gemma", "gemma")
     process = subprocess.run(
         [str(MLXD), "serve", *GROUP, "--port", str(free_port()), "--model", str(model)],
         capture_output=True,
@@ -150,30 +173,34 @@ def test_a_rank_with_other_settings_is_refused(tiny_model: Path, tmp_path: Path)
     assert "rank 1 on " in outputs[0] and "other settings than rank 0" in outputs[0]
 
 
-def unshardable_model(like: Path, path: Path) -> Path:
-    """A tiny random Gemma model (mlx-lm's gemma has neither `shard` nor `pipeline`), with `like`'s
-    tokenizer."""
+def random_model(like: Path, path: Path, model_type: str, layers: int = 2) -> Path:
+    """A tiny random model of one of mlx-lm's types (gemma has neither `shard` nor `pipeline`; qwen2 has
+    both), with `like`'s tokenizer."""
+    import importlib
+
     import mlx.core as mx
     from mlx.utils import tree_flatten
-    from mlx_lm.models import gemma
 
+    module = importlib.import_module(f"mlx_lm.models.{model_type}")
     path.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         if (like / name).exists():
             shutil.copy(like / name, path / name)
     vocab = json.loads((like / "config.json").read_text())["vocab_size"]
     config = {
-        "model_type": "gemma",
+        "model_type": model_type,
         "hidden_size": 64,
-        "num_hidden_layers": 2,
+        "num_hidden_layers": layers,
         "intermediate_size": 128,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "head_dim": 16,
         "rms_norm_eps": 1e-6,
         "vocab_size": vocab,
+        "tie_word_embeddings": True,
     }
     (path / "config.json").write_text(json.dumps(config))
-    model = gemma.Model(gemma.ModelArgs.from_dict(config))
+    mx.random.seed(0)
+    model = module.Model(module.ModelArgs.from_dict(config))
     mx.save_safetensors(str(path / "model.safetensors"), dict(tree_flatten(model.parameters())))
     return path

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,8 +38,15 @@ def launch(settings: Settings, serve_args: list[str]) -> int:
         where = ["--hostfile", str(settings.hostfile.expanduser())]
     elif settings.hosts is not None:
         where = ["--hosts", settings.hosts]
-    else:
-        where = ["-n", str(settings.ranks), "--backend", "ring"]
+    else:  # on loopback, from ports free now (a group that just ended may still hold its own)
+        where = [
+            "-n",
+            str(settings.ranks),
+            "--backend",
+            "ring",
+            "--starting-port",
+            str(_free_ports(settings.ranks)),
+        ]
     with tempfile.TemporaryDirectory(prefix="mlxd-group-") as folder:
         status = Path(folder) / "status"
         command = [launcher, *where, "--python", sys.executable, "--", "-m", "daemon", "serve", *serve_args]
@@ -57,3 +65,22 @@ def launch(settings: Settings, serve_args: list[str]) -> int:
         while not status.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         return int(status.read_text() or 1) if status.exists() else 1
+
+
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive loopback ports free now."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            first = probe.getsockname()[1]
+        if first + count <= 65535 and all(_free(port) for port in range(first, first + count)):
+            return first
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

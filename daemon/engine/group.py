@@ -78,6 +78,7 @@ class Group:
         self.ranks: list[RankFacts] = []
         self.memory = [0] * self.size  # each rank's MLX active memory, as of the last exchange
         self.parallel = ""  # "tensor" or "pipeline", once a model is split
+        self.cache_share = 1.0  # this rank's KV state for a prefix, against rank 0's
         self.failed = threading.Event()
         self._busy_since: float | None = None  # when the engine loop's current iteration began
         self._patience = timeout  # how long it may last
@@ -146,6 +147,10 @@ class Group:
         else:
             model.model.pipeline(self.world)
             self.parallel = "pipeline"
+        layers = self.gather(len(model.layers))  # each rank's, whose KV state it holds
+        # Every rank's prompt cache evicts as rank 0's does: its budget is rank 0's, scaled to its share of
+        # the layers (the lockstep check stops the group should they disagree all the same).
+        self.cache_share = layers[self.rank] / layers[0]
 
     # Noticing a rank that dies or stops answering. The backend reports a lost peer only in some states (a
     # collective inside a model's step may wait for it forever), so a watchdog ends the group when an

@@ -263,8 +263,9 @@ class ModelRegistry:
 
     def _prompt_cache(self, loaded: LoadedModel) -> PromptCache:
         options = self.options
+        share = options.group.cache_share if options.group is not None else 1.0
         return model_cache(
-            loaded, options.prompt_cache_bytes, options.disk_cache_dir, options.disk_cache_bytes
+            loaded, int(options.prompt_cache_bytes * share), options.disk_cache_dir, options.disk_cache_bytes
         )
 
     def _reap(self) -> None:
