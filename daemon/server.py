@@ -104,7 +104,7 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
 
 def load_registry(settings: Settings, group: Group | None = None) -> ModelRegistry:
     """The configured models (none loaded yet), or the demo model when none is configured. A group serves
-    its main model alone, loaded from the start, with neither a disk tier nor speculation (see lockstep)."""
+    its main model alone, loaded from the start, without a disk tier or images (see lockstep)."""
     from daemon.config.settings import default_config_path
     from daemon.engine.demo_model import ensure_demo_model
 
@@ -149,7 +149,7 @@ def load_registry(settings: Settings, group: Group | None = None) -> ModelRegist
             log.warning(
                 "a group serves one model: %s (not %s)", specs[0].name, ", ".join(s.name for s in specs[1:])
             )
-        specs = [replace(specs[0], pinned=True, vision=False, speculative="off")]
+        specs = [replace(specs[0], pinned=True, vision=False)]
     return ModelRegistry(
         specs,
         small=settings.small_model if group is None else None,

@@ -1,14 +1,15 @@
 """One model across two processes: `mlxd serve --ranks 2` starts both through `mlx.launch` (the ring backend
 on loopback, CPU), rank 0 serving HTTP and rank 1 following it step by step. Greedy answers through the API,
-alone and batched, are the ones a single process gives; turn 2 reads turn 1 from every rank's prefix cache;
-/health and `mlxd ps` show the group; a pipeline-parallel split answers as one process too; killing rank 1
-mid-stream ends the stream with a retryable `overloaded_error` event and the group exits non-zero; a model
-mlx-lm cannot split, or a rank started with other settings, is refused at start."""
+alone, batched and speculating, are the ones a single process gives; turn 2 reads turn 1 from every rank's
+prefix cache; /health and `mlxd ps` show the group; a pipeline-parallel split answers as one process too;
+killing rank 1 mid-stream ends the stream with a retryable `overloaded_error` event and the group exits
+non-zero; a model mlx-lm cannot split, or a rank started with other settings, is refused at start."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.claude_code_request import claude_code_request
-from tests.conftest import COUNT, HELLO, MLXD, STORY, RunningServer, free_port, run_server, server_env
+from tests.conftest import COPY, COUNT, HELLO, MLXD, STORY, RunningServer, free_port, run_server, server_env
 from tests.test_cache_and_batching import ask, next_turn, prompt_tokens, run_together, trained_request
 
 GROUP = ("--ranks", "2")
@@ -47,6 +48,7 @@ REQUESTS = [
     trained_request(COUNT),
     {**trained_request(STORY), "max_tokens": 7},
     {**trained_request(HELLO), "stop_sequences": ["world"]},
+    trained_request(COPY),  # copies its prompt: prompt lookup's proposals are accepted
 ]
 
 
@@ -56,6 +58,9 @@ def test_greedy_answers_are_one_process_answers_alone_and_batched(group: Running
     together = [answer["content"] for answer in run_together(group, REQUESTS)]
     assert alone == solo_answers and together == solo_answers
     assert alone[0][0]["text"] == STORY.response and alone[2][0]["text"] == COUNT.response
+    # Speculating in lockstep: every rank verified the same proposals, at rank 0's widths.
+    accepted = [int(n) for n in re.findall(r"spec=accepted:(\d+)/", group.log())]
+    assert alone[5][0]["text"] == COPY.response and sum(accepted) > 0
 
 
 def test_turn_two_reads_turn_one_from_the_cache(group: RunningServer) -> None:

@@ -5,8 +5,10 @@ collectives meet. What the loop does is a function of what enters it, plus the m
 every rank: the logits are summed or gathered before sampling, from one shared random state). What enters it
 is decided on rank 0 alone and shared at the top of each loop: the requests admitted (as their chat requests,
 which each rank renders with its own tokenizer, and their resolved settings), the cancellations latched, and
-whether to stop. Anything timed is kept out of the loop on a group: no speculation (its widths follow
-measured step costs), no disk tier (its reads finish when they finish), no vision models.
+whether to stop. What is timed is rank 0's alone: how wide a speculative step is (chosen from measured
+step costs) is rank 0's choice, shared in the step (`AgreedCost`); the proposals themselves are the same
+on every rank (copied from the same tokens, or drafted by the same replicated draft model). Kept out of a
+group: the disk tier (its reads finish when they finish) and vision models.
 
 Each rank checks, every loop, that it runs the sequences rank 0 runs, holds as many cached prefixes and
 rendered each request to the same tokens; a rank that finds otherwise stops, which ends the group.
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,7 @@ from daemon.engine.jobs import GenerationJob
 from daemon.engine.prompt import Prompt
 from daemon.engine.reuse import Part
 from daemon.engine.sampling import SamplingParams
+from daemon.engine.step_cost import StepCost
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,18 @@ class Lockstep:
         )
         self._jobs[admission.number], self._number_of[job] = job, admission.number
         return job
+
+
+class AgreedCost(StepCost):
+    """A group's step cost: each rank measures its own steps, and every rank takes rank 0's width."""
+
+    def __init__(self, group: Group):
+        super().__init__()
+        self._group = group
+
+    def best_width(self, rows: int, gains: Sequence[Sequence[float]]) -> int:
+        width = super().best_width(rows, gains)
+        return self._group.share(width if self._group.leader else None)
 
 
 def _digest(tokens: list[int]) -> str:

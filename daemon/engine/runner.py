@@ -25,7 +25,7 @@ from daemon.engine.decoder import OutputDecoder
 from daemon.engine.group import GROUP_FAILED
 from daemon.engine.guards import reset_random_state
 from daemon.engine.jobs import EngineLimits, GenerationJob
-from daemon.engine.lockstep import Lockstep
+from daemon.engine.lockstep import AgreedCost, Lockstep
 from daemon.engine.model import LoadedModel
 from daemon.engine.prompt_cache import CacheHit, DiskReads, PromptCache
 from daemon.engine.reuse import ReuseMonitor
@@ -167,6 +167,7 @@ class Engine:
             prefill_step_size=self.limits.prefill_step_size,
             stream=stream,
             kv=self.loaded.kv,
+            cost=AgreedCost(self._lockstep.group) if self._lockstep is not None else None,
         )
 
     def _incoming(self) -> list:
@@ -256,8 +257,7 @@ class Engine:
     def _start(self, batch, uid: int, sequence: Sequence) -> None:
         """The sequence is in the batch as `uid`: it may speculate, and its client hears it started."""
         job = sequence.job
-        speculates = not sequence.prewarm and self._lockstep is None  # a group's widths would be timed
-        if speculates and (proposing := proposer(self.loaded, job)) is not None:
+        if not sequence.prewarm and (proposing := proposer(self.loaded, job)) is not None:
             sequence.speculation = Speculation(proposing, job.sampling, self.loaded.num_draft_tokens)
             batch.speculate(uid, sequence.speculation)
         self._running[uid] = sequence
