@@ -70,6 +70,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
         action="store_true",
         help="time to first token with a screenshot, cold and cached (--vision --help: its options)",
     )
+    cli.add_argument(
+        "--group",
+        action="store_true",
+        help="one process against a group of them, and the bytes they exchange (--group --help: its options)",
+    )
     return cli
 
 
@@ -87,6 +92,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         from benchmarks import vision
 
         return vision.main([arg for arg in argv if arg != "--vision"], prog=f"{prog} --vision")
+    if "--group" in argv:
+        from benchmarks import group
+
+        return group.main([arg for arg in argv if arg != "--group"], prog=f"{prog} --group")
     for flag in ("--constrained", "--speculative"):
         if flag in argv:
             return _checkout_benchmark(flag, [arg for arg in argv if arg != flag], prog)

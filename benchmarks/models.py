@@ -83,6 +83,21 @@ SHAPES = {
             },
         ),
         Shape(
+            "qwen3-split",
+            "a small Qwen3 whose heads split over 2 or 4 processes (4 layers of 512, 8 heads, 4 KV heads)",
+            {
+                **_QWEN3,
+                "hidden_size": 512,
+                "num_hidden_layers": 4,
+                "intermediate_size": 1536,
+                "num_attention_heads": 8,
+                "num_key_value_heads": 4,
+                "head_dim": 64,
+                "vocab_size": 32768,
+                "max_position_embeddings": 40960,
+            },
+        ),
+        Shape(
             "tiny",
             "a tiny Qwen3 (2 layers, hidden 64) for smoke tests",
             {

@@ -193,6 +193,10 @@ def join_group(settings: Settings) -> Group | None:
     group = join(settings.group_timeout, settings.parallel)
     if group is None:
         return None
+    if group.leader and not settings.served_models():  # built once, before the others look for it
+        from daemon.engine.demo_model import ensure_demo_model
+
+        ensure_demo_model(data_dir())
     try:
         group.introduce(settings_digest(__version__, settings.model_dump_json(exclude=_PER_PROCESS)))
     except GroupError as error:

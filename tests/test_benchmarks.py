@@ -146,3 +146,17 @@ def test_vision_smoke_run_writes_its_report(tmp_path: Path) -> None:
     # The second turn's vision tower did not run: the screenshot's span was read from the cache.
     assert row["cold_encode_s"] > 0 and row["cached_encode_s"] == 0 and row["cached_tokens"] > 0
     assert "| 2nd / cold |" in (out / "vision.md").read_text()
+
+
+def test_group_smoke_run_writes_its_report(tmp_path: Path) -> None:
+    """`--group`: one process against two, and the bytes the group sent per decoded token (more than one
+    process's, which sends none), beside the figure computed from the model's shape."""
+    out = tmp_path / "group"
+    assert main(["--group", "--smoke", "--models-dir", str(MODELS), "--out", str(out)]) == 0
+    results = json.loads((out / "group.json").read_text())
+    one, two = results["rows"]
+    assert (one["ranks"], two["ranks"]) == (1, 2)
+    assert all(is_number(row["decode_tps"]) and is_number(row["prefill_tps"]) for row in (one, two))
+    if two["loopback_bytes_per_token"] is not None:  # Linux's counters
+        assert two["loopback_bytes_per_token"] >= results["computed"]["bytes_per_token_all_ranks"]
+    assert "loopback bytes per decoded token" in (out / "group.md").read_text()

@@ -31,22 +31,13 @@ def group_wanted(settings: Settings) -> bool:
 def launch(settings: Settings, serve_args: list[str]) -> int:
     """Run the group until it ends, each rank with `serve_args` (`mlxd serve`'s own: in a rank, the group
     flags are not read again); the exit status is rank 0's (1 when it wrote none)."""
-    launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
-    if launcher is None:
-        raise RuntimeError("mlx.launch was not found (it comes with mlx); reinstall mlxd")
+    launcher = mlx_launch()
     if settings.hostfile is not None:
         where = ["--hostfile", str(settings.hostfile.expanduser())]
     elif settings.hosts is not None:
         where = ["--hosts", settings.hosts]
-    else:  # on loopback, from ports free now (a group that just ended may still hold its own)
-        where = [
-            "-n",
-            str(settings.ranks),
-            "--backend",
-            "ring",
-            "--starting-port",
-            str(_free_ports(settings.ranks)),
-        ]
+    else:
+        where = ring_on_loopback(settings.ranks or 2)
     with tempfile.TemporaryDirectory(prefix="mlxd-group-") as folder:
         status = Path(folder) / "status"
         command = [launcher, *where, "--python", sys.executable, "--", "-m", "daemon", "serve", *serve_args]
@@ -65,6 +56,20 @@ def launch(settings: Settings, serve_args: list[str]) -> int:
         while not status.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         return int(status.read_text() or 1) if status.exists() else 1
+
+
+def mlx_launch() -> str:
+    """The `mlx.launch` beside this interpreter (the same virtualenv), else the one on PATH."""
+    launcher = shutil.which("mlx.launch", path=str(Path(sys.executable).parent)) or shutil.which("mlx.launch")
+    if launcher is None:
+        raise RuntimeError("mlx.launch was not found (it comes with mlx); reinstall mlxd")
+    return launcher
+
+
+def ring_on_loopback(ranks: int) -> list[str]:
+    """`mlx.launch`'s arguments for `ranks` processes here over the ring backend, from ports free now (a group
+    that just ended may still hold its own)."""
+    return ["-n", str(ranks), "--backend", "ring", "--starting-port", str(_free_ports(ranks))]
 
 
 def _free_ports(count: int) -> int:

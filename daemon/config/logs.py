@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import secrets
 import sys
 from contextvars import ContextVar
@@ -42,6 +43,9 @@ def configure(level: str, log_file: Path | None = None) -> None:
         log_file = log_file.expanduser()
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=MAX_BYTES, backupCount=BACKUPS)
-    handler.setFormatter(logging.Formatter(FORMAT))
+    rank = os.environ.get("MLX_RANK")  # one of a group's processes (see daemon/engine/group.py)
+    handler.setFormatter(
+        logging.Formatter(FORMAT.replace("%(name)s", f"rank{rank} %(name)s") if rank else FORMAT)
+    )
     handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

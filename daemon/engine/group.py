@@ -82,6 +82,7 @@ class Group:
         self.failed = threading.Event()
         self._busy_since: float | None = None  # when the engine loop's current iteration began
         self._patience = timeout  # how long it may last
+        self._iterations = 0
         self._on_lost: list[Callable[[], None]] = []
 
     @property
@@ -107,21 +108,21 @@ class Group:
         """Every rank's `value`, in rank order, on every rank."""
         data = pickle.dumps(value)
         longest = int(mx.distributed.all_max(mx.array(len(data)), group=self.world).item())
-        padded = mx.array(list(data.ljust(longest, b"\0")), dtype=mx.uint8)
+        padded = mx.array(np.frombuffer(data.ljust(longest, b"\0"), np.uint8))
         rows = np.array(mx.distributed.all_gather(padded[None], group=self.world))
         return [pickle.loads(row.tobytes()) for row in rows]  # what follows a pickle's end is not read
 
     def share(self, value: Any) -> Any:
-        """Rank 0's `value` (pickled) on every rank; the others pass None. Each rank's active memory goes
-        along, into `memory`."""
-        data = pickle.dumps(value) if self.leader else b""
+        """Rank 0's `value` (pickled; None costs one small collective) on every rank; the others pass None.
+        Each rank's active memory goes along, into `memory`."""
+        data = pickle.dumps(value) if self.leader and value is not None else b""
         header = [0] * (1 + self.size)
         header[0], header[1 + self.rank] = len(data), mx.get_active_memory()
         summed = mx.distributed.all_sum(mx.array(header, dtype=mx.int64), group=self.world).tolist()
         self.memory = summed[1:]
         if summed[0] == 0:
             return None
-        payload = mx.array(list(data), dtype=mx.uint8) if self.leader else mx.zeros(summed[0], mx.uint8)
+        payload = mx.array(np.frombuffer(data, np.uint8)) if self.leader else mx.zeros(summed[0], mx.uint8)
         payload = np.array(mx.distributed.all_sum(payload, group=self.world))  # evaluated on every rank
         return value if self.leader else pickle.loads(payload.tobytes())
 
@@ -164,8 +165,10 @@ class Group:
         self._on_lost.append(callback)
 
     def busy(self) -> None:
-        """The engine loop begins an iteration (each has its collectives)."""
-        self._busy_since = time.monotonic()
+        """The engine loop begins an iteration (each has its collectives); from the second on, the watchdog
+        times them (the first waits for every rank to load the model, which may mean a download)."""
+        self._busy_since = time.monotonic() if self._iterations else None
+        self._iterations += 1
 
     def lost(self, reason: str) -> None:
         """The group cannot go on: say why, once, and tell whoever waits."""
