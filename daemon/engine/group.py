@@ -170,6 +170,10 @@ class Group:
         self._busy_since = time.monotonic() if self._iterations else None
         self._iterations += 1
 
+    def idle(self) -> None:
+        """The engine loop ended: nothing waits for another rank any more."""
+        self._busy_since = None
+
     def lost(self, reason: str) -> None:
         """The group cannot go on: say why, once, and tell whoever waits."""
         if not self.failed.is_set():

@@ -10,8 +10,9 @@ step costs) is rank 0's choice, shared in the step (`AgreedCost`); the proposals
 on every rank (copied from the same tokens, or drafted by the same replicated draft model). Kept out of a
 group: the disk tier (its reads finish when they finish) and vision models.
 
-Each rank checks, every loop, that it runs the sequences rank 0 runs, holds as many cached prefixes and
-rendered each request to the same tokens; a rank that finds otherwise stops, which ends the group.
+Each rank checks, in every loop that takes something in, that it runs the sequences rank 0 runs and holds
+as many cached prefixes, and that it rendered each request to the tokens rank 0 did; a rank that finds
+otherwise stops, which ends the group.
 """
 
 from __future__ import annotations

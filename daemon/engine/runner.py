@@ -119,6 +119,8 @@ class Engine:
             if self._lockstep is not None:
                 self._lockstep.group.lost(str(error))
         finally:
+            if self._lockstep is not None:
+                self._lockstep.group.idle()
             self._jobs.end_all(ending)
             # The generator computes one step ahead: let that finish, then release this thread's MLX
             # streams here, since left to the thread's teardown they abort the process.
