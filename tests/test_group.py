@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,6 +62,34 @@ def test_greedy_answers_are_one_process_answers_alone_and_batched(group: Running
     # Speculating in lockstep: every rank verified the same proposals, at rank 0's widths.
     accepted = [int(n) for n in re.findall(r"spec=accepted:(\d+)/", group.log())]
     assert alone[5][0]["text"] == COPY.response and sum(accepted) > 0
+
+
+def test_a_cancelled_stream_leaves_the_group_in_step(group: RunningServer, solo_answers) -> None:
+    """A client that goes away mid-stream: its cancellation reaches every rank at the same step, so the
+    others go on (and later requests run) exactly as on one process."""
+    untrained = {
+        "model": "trained",
+        "max_tokens": 3000,
+        "temperature": 0,
+        "stream": True,
+        "messages": [{"role": "user", "content": "Write anything at all, at length."}],
+    }
+    others: list[dict] = []
+    with group.http() as http, http.stream("POST", "/v1/messages", json=untrained) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if line.startswith("event: content_block_delta"))
+        worker = threading.Thread(target=lambda: others.extend(run_together(group, REQUESTS[:3])))
+        worker.start()
+        next(line for line in lines if line.startswith("event: content_block_delta"))
+    worker.join()
+    with group.http() as http:
+        after = ask(http, REQUESTS[0])["content"]
+        health = http.get("/health").json()
+    # Had one rank gone on with the cancelled sequence, the ranks' batches would differ: the group would be
+    # lost, and these answers would be errors.
+    assert [answer["content"] for answer in others] == solo_answers[:3]
+    assert after[0]["text"] == STORY.response
+    assert health["models"][0]["active_sequences"] == 0 and len(health["group"]["ranks"]) == 2
 
 
 def test_turn_two_reads_turn_one_from_the_cache(group: RunningServer) -> None:
