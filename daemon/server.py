@@ -30,6 +30,7 @@ from daemon.anthropic.errors import envelope, error_type
 from daemon.api import admin, boundary, chat_completions, errors, health, messages, metrics, models, page
 from daemon.api.activity import Activity
 from daemon.api.auth import token_checker
+from daemon.api.image_urls import Fetching
 from daemon.api.metrics import Metrics
 from daemon.chat.images import ImageLimits
 from daemon.config.logs import current_request, new_request_id
@@ -78,6 +79,11 @@ def create_app(settings: Settings, registry: ModelRegistry) -> Quart:
         MLXD_STRIP_BILLING_HEADER=settings.strip_billing_header,
         MLXD_TEXT_MODEL_IMAGES=settings.text_model_images,
         MLXD_IMAGE_LIMITS=ImageLimits(settings.max_image_bytes, settings.max_image_side, settings.max_images),
+        MLXD_IMAGE_FETCHING=(
+            Fetching(settings.image_url_timeout, settings.max_image_bytes)
+            if settings.image_urls == "fetch"
+            else None
+        ),
         MLXD_STARTED=time.monotonic(),
     )
 

@@ -70,7 +70,7 @@ class URLImageSource(WireModel):
     def _not_fetched(cls, url: str) -> str:
         raise ValueError(
             "mlxd fetches no URLs (a local daemon that fetched what requests name would let any page that "
-            "reaches it read the network): send the image as a base64 source"
+            'reaches it read the network): send the image as a base64 source, or set image_urls = "fetch"'
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from quart import Blueprint, Response, current_app, request
 
 from daemon.api import serving
+from daemon.api.image_urls import inline_openai
 from daemon.chat.events import Failed
 from daemon.openai.requests import parse
 from daemon.openai.stream import CompletionStream, assemble
@@ -15,7 +16,8 @@ blueprint = Blueprint("chat_completions", __name__)
 
 @blueprint.route("/v1/chat/completions", methods=["POST"])
 async def create_completion() -> Response | dict:
-    body = parse(await request.get_data(), current_app.config["MLXD_IMAGE_LIMITS"])
+    data = await inline_openai(await request.get_data(), current_app.config["MLXD_IMAGE_FETCHING"])
+    body = parse(data, current_app.config["MLXD_IMAGE_LIMITS"])
     generation = await serving.start(to_chat(body))
     if not body.stream:
         # The usage chunk is what the assembled completion takes its usage from.

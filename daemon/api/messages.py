@@ -10,6 +10,7 @@ from daemon.anthropic.requests import CountTokensRequest, MessagesRequest, parse
 from daemon.anthropic.stream import MessageStream, assemble, encode_sse
 from daemon.anthropic.translate import cache_requested, to_chat
 from daemon.api import serving
+from daemon.api.image_urls import inline_anthropic
 from daemon.chat.events import GenerationEvent, Started, Usage
 from daemon.chat.request import ChatRequest
 
@@ -18,13 +19,13 @@ blueprint = Blueprint("messages", __name__)
 
 @blueprint.route("/v1/messages/count_tokens", methods=["POST"])
 async def count_tokens() -> dict:
-    body = parse(CountTokensRequest, await request.get_data(), current_app.config["MLXD_IMAGE_LIMITS"])
+    body = parse(CountTokensRequest, await _body(), current_app.config["MLXD_IMAGE_LIMITS"])
     return {"input_tokens": await serving.count_tokens(_chat(body))}
 
 
 @blueprint.route("/v1/messages", methods=["POST"])
 async def create_message() -> Response | dict:
-    body = parse(MessagesRequest, await request.get_data(), current_app.config["MLXD_IMAGE_LIMITS"])
+    body = parse(MessagesRequest, await _body(), current_app.config["MLXD_IMAGE_LIMITS"])
     generation = await serving.start(_chat(body))
     omit = body.thinking is not None and body.thinking.display == "omitted"
     stream = MessageStream(body.model, omit_thinking=omit, cache_fields=cache_requested(body))
@@ -45,6 +46,11 @@ async def _sse(
         yield encode_sse(stream.message_start(Usage(len(generation.prompt.tokens))))
     async for frames in generation.sse(stream, first):
         yield frames
+
+
+async def _body() -> bytes:
+    """The request body, its URL images fetched when `image_urls = "fetch"`."""
+    return await inline_anthropic(await request.get_data(), current_app.config["MLXD_IMAGE_FETCHING"])
 
 
 def _chat(body: CountTokensRequest) -> ChatRequest:

@@ -83,6 +83,8 @@ class Settings(BaseModel):
     max_image_bytes: int = Field(5 * 1024 * 1024, gt=0)  # one image, decoded (Anthropic's limit)
     max_image_side: int = Field(8000, gt=0)  # pixels
     max_images: int = Field(100, gt=0)  # in one request, tool results' included
+    image_urls: Literal["refuse", "fetch"] = "refuse"  # images given by URL: fetched only when asked (SSRF)
+    image_url_timeout: float = Field(10.0, gt=0)  # seconds to fetch one
     constrained_decoding: bool = True  # hold calls and JSON answers to their grammars
     speculative: Speculative = "prompt-lookup"  # how models propose tokens to verify; per model in [[models]]
     draft_model: str | None = Field(None, min_length=1)  # the draft of models that set none of their own

@@ -42,7 +42,7 @@ def _data_url(url: str, info: ValidationInfo) -> str:
         scheme = url.split(":", 1)[0] if ":" in url else url[:20]
         raise ValueError(
             f"mlxd takes images only inline, as data:<media type>;base64,<data> URLs, and fetches nothing "
-            f"(got a {scheme!r} URL)"
+            f'unless image_urls = "fetch" (got a {scheme!r} URL)'
         )
     check_image(match["media_type"], match["data"], limits_of(info.context))
     return url
