@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,26 +36,27 @@ class Fetching:
 
 async def inline_anthropic(body: bytes, fetching: Fetching | None) -> bytes:
     """`body` with each `url` image source replaced by the base64 source of what it names."""
-    if fetching is None or b'"url"' not in body:
-        return body
-    request = _loaded(body)
-    found = list(_anthropic_sources(request))
-    for source, path in found:
-        media_type, data = await _fetch(source.get("url"), f"{path}.url", fetching)
-        source.clear()
-        source.update(type="base64", media_type=media_type, data=data)
-    return json.dumps(request).encode() if found else body
+    return await _inline(body, fetching, b'"url"', _anthropic_sources)
 
 
 async def inline_openai(body: bytes, fetching: Fetching | None) -> bytes:
     """`body` with each http(s) `image_url` replaced by a data URL of what it names."""
-    if fetching is None or b"http" not in body:
+    return await _inline(body, fetching, b"http", _openai_urls)
+
+
+# A body's URL images: for each, its URL, the path a 400 names, and what puts the image in its place.
+Found = Iterator[tuple[Any, str, Callable[[str, str], None]]]
+
+
+async def _inline(
+    body: bytes, fetching: Fetching | None, marker: bytes, find: Callable[[Any], Found]
+) -> bytes:
+    if fetching is None or marker not in body:
         return body
     request = _loaded(body)
-    found = list(_openai_urls(request))
-    for holder, path in found:
-        media_type, data = await _fetch(holder.get("url"), path, fetching)
-        holder["url"] = f"data:{media_type};base64,{data}"
+    found = list(find(request))
+    for url, path, put in found:
+        put(*await _fetch(url, path, fetching))
     return json.dumps(request).encode() if found else body
 
 
@@ -67,9 +68,8 @@ def _loaded(body: bytes) -> Any:
         return None  # the body's validation says what is wrong with it
 
 
-def _anthropic_sources(request: Any) -> Iterator[tuple[dict, str]]:
-    """Each `url` image source, with its path (`messages.2.content.1.source`), in user turns and tool
-    results."""
+def _anthropic_sources(request: Any) -> Found:
+    """Each `url` image source (`messages.2.content.1.source.url`), in user turns and tool results."""
     for i, message in enumerate(_list(request, "messages")):
         for j, block in enumerate(_list(message, "content")):
             yield from _url_source(block, f"messages.{i}.content.{j}")
@@ -78,21 +78,30 @@ def _anthropic_sources(request: Any) -> Iterator[tuple[dict, str]]:
                     yield from _url_source(part, f"messages.{i}.content.{j}.content.{k}")
 
 
-def _url_source(block: Any, path: str) -> Iterator[tuple[dict, str]]:
+def _url_source(block: Any, path: str) -> Found:
     if isinstance(block, dict) and block.get("type") == "image":
         source = block.get("source")
         if isinstance(source, dict) and source.get("type") == "url":
-            yield source, f"{path}.source"
+
+            def put(media_type: str, data: str, source: dict = source) -> None:
+                source.clear()
+                source.update(type="base64", media_type=media_type, data=data)
+
+            yield source.get("url"), f"{path}.source.url", put
 
 
-def _openai_urls(request: Any) -> Iterator[tuple[dict, str]]:
-    """Each http(s) `image_url`, with its path (`messages[0].content[1].image_url.url`)."""
+def _openai_urls(request: Any) -> Found:
+    """Each http(s) `image_url` (`messages[0].content[1].image_url.url`)."""
     for i, message in enumerate(_list(request, "messages")):
         for j, part in enumerate(_list(message, "content")):
             image = part.get("image_url") if isinstance(part, dict) else None
             url = image.get("url") if isinstance(image, dict) else None
             if isinstance(url, str) and url.startswith(("http://", "https://")):
-                yield image, f"messages[{i}].content[{j}].image_url.url"
+
+                def put(media_type: str, data: str, image: dict = image) -> None:
+                    image["url"] = f"data:{media_type};base64,{data}"
+
+                yield url, f"messages[{i}].content[{j}].image_url.url", put
 
 
 def _list(holder: Any, key: str) -> list:
