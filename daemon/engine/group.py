@@ -24,6 +24,8 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from daemon.engine.guards import seed_random_state
+
 log = logging.getLogger(__name__)
 
 # What `mlx.launch` sets in each process it starts (MPI's launcher sets its own).
@@ -102,7 +104,7 @@ class Group:
                 "rank from the same mlxd and config"
             )
         # One random state on every rank: each samples the same token from the same logits.
-        mx.random.seed(self.share(int.from_bytes(os.urandom(8), "big") >> 1 if self.leader else None))
+        seed_random_state(self.share(int.from_bytes(os.urandom(8), "big") >> 1 if self.leader else None))
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's `value`, in rank order, on every rank."""

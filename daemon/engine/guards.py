@@ -5,6 +5,7 @@ the runner then ends while the rest of the batch goes on."""
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -16,11 +17,21 @@ log = logging.getLogger(__name__)
 Fault = Callable[[BaseException], None]
 
 
+_seeds: random.Random = secrets.SystemRandom()
+
+
+def seed_random_state(seed: int) -> None:
+    """Seed MLX, and every later reset, from `seed`: a group's processes, seeded alike, stay alike."""
+    global _seeds
+    _seeds = random.Random(seed)
+    mx.random.seed(seed)
+
+
 def reset_random_state() -> None:
     """Give MLX a fresh random key. A sampler that raises while mlx-lm's compiled sampling is being traced
     leaves the global key as a placeholder that can never be evaluated, which would fail every later
     sampled request; reseeding repairs it."""
-    mx.random.seed(secrets.randbits(63))
+    mx.random.seed(_seeds.getrandbits(63))
 
 
 def guard_sampler(sampler: Callable[[mx.array], mx.array], on_fault: Fault) -> Callable[[mx.array], mx.array]:
