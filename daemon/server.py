@@ -4,6 +4,7 @@ server's timeouts and limits, signals and shutdown."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -208,14 +209,11 @@ def join_group(settings: Settings) -> Group | None:
     except GroupError as error:
         log.error("%s", error)
         _refused(group)
-    log.info(
-        "rank %d of %d (%s backend): %s",
-        group.rank,
-        group.size,
-        group.backend,
-        "serving HTTP" if group.leader else "following rank 0",
-    )
+    role = "serving HTTP" if group.leader else "following rank 0"
+    log.info("rank %d of %d (%s backend): %s", group.rank, group.size, group.backend, role)
     group.watch()
+    if group.leader and (status := os.environ.get(STATUS_ENV)):  # where `mlxd serve` sends its signals
+        Path(f"{status}.pid").write_text(str(os.getpid()))
     return group
 
 
@@ -261,11 +259,12 @@ def _exit(code: int) -> NoReturn:
     interpreter answers by unwinding the thread, and the unwind through a noexcept destructor aborts the
     process ("terminate called without an active exception", SIGABRT; seen in core dumps on a loaded
     machine, about one shutdown in fifteen)."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
     if (status := os.environ.get(STATUS_ENV)) and os.environ.get("MLX_RANK", "0") == "0":
         Path(status).write_text(str(code))  # for the `mlxd serve` that started the group
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a group's output goes through mlx.launch, which may be gone
+            stream.flush()
     os._exit(code)
 
 

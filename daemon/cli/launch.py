@@ -3,7 +3,7 @@ hosts its hostfile or `--hosts` names, or on this machine with `--ranks`), and t
 
 `mlx.launch` itself exits 0 whatever its ranks did, so rank 0 writes its exit status to a file this process
 reads: a lost group exits non-zero here too, and launchd (KeepAlive on failure) starts it again. A signal
-goes to every rank this machine runs; rank 0 then stops the group as it stops serving.
+goes on to rank 0, which stops the group as it stops serving (to every rank here, before rank 0 is up).
 """
 
 from __future__ import annotations
@@ -46,12 +46,18 @@ def launch(settings: Settings, serve_args: list[str]) -> int:
         )
 
         def forward(signum: int, _frame: object) -> None:
-            os.killpg(process.pid, signum)
+            # To rank 0, which stops the group (mlx.launch goes on passing the ranks' output meanwhile);
+            # to every process here when rank 0 has not started yet.
+            rank0 = Path(f"{status}.pid")
+            if rank0.exists():
+                os.kill(int(rank0.read_text()), signum)
+            else:
+                os.killpg(process.pid, signum)
 
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, forward)
         process.wait()
-        # A signal ends mlx.launch at once; rank 0 may still be ending the streams in flight.
+        # mlx.launch may end before rank 0 has written its status (a signal from elsewhere ends it at once).
         deadline = time.monotonic() + settings.shutdown_grace + 10
         while not status.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
