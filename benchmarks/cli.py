@@ -71,6 +71,11 @@ def parser(prog: str) -> argparse.ArgumentParser:
         help="time to first token with a screenshot, cold and cached (--vision --help: its options)",
     )
     cli.add_argument(
+        "--one-stream",
+        action="store_true",
+        help="mlxd against raw mlx-lm, interleaved, at 1 and 4 streams (--one-stream --help: its options)",
+    )
+    cli.add_argument(
         "--group",
         action="store_true",
         help="one process against a group of them, and the bytes they exchange (--group --help: its options)",
@@ -92,6 +97,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks") -> i
         from benchmarks import vision
 
         return vision.main([arg for arg in argv if arg != "--vision"], prog=f"{prog} --vision")
+    if "--one-stream" in argv:
+        from benchmarks import one_stream
+
+        return one_stream.main([arg for arg in argv if arg != "--one-stream"], prog=f"{prog} --one-stream")
     if "--group" in argv:
         from benchmarks import group
 

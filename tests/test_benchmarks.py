@@ -160,3 +160,17 @@ def test_group_smoke_run_writes_its_report(tmp_path: Path) -> None:
     if two["loopback_bytes_per_token"] is not None:  # Linux's counters
         assert two["loopback_bytes_per_token"] >= results["computed"]["bytes_per_token_all_ranks"]
     assert "loopback bytes per decoded token" in (out / "group.md").read_text()
+
+
+def test_one_stream_smoke_run_writes_its_report(tmp_path: Path) -> None:
+    """`--one-stream`: raw mlx-lm and mlxd taking turns, at one stream and at four, each ratio mlxd's rate
+    over the raw runs' around it."""
+    out = tmp_path / "one-stream"
+    assert main(["--one-stream", "--smoke", "--models-dir", str(MODELS), "--out", str(out)]) == 0
+    [row] = json.loads((out / "one_stream.json").read_text())["rows"]
+    for kind in ("one", "batch"):
+        figure = row[kind]
+        assert is_number(figure["raw_tps"]) and figure["mlxd_tps"] > 0
+        assert figure["ratios"] == [figure["ratio"]]
+        assert abs(figure["ratio"] - figure["mlxd_tps"] / figure["raw_tps"]) < 1e-9
+    assert "| tiny | 1 |" in (out / "one_stream.md").read_text()
