@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.anthropic.requests import MessagesRequest, check_containers
 from daemon.chat.limits import (
@@ -26,6 +28,7 @@ from daemon.chat.limits import (
     MAX_TOP_K,
     MAX_VALUE_DEPTH,
 )
+from daemon.engine.model import PreparedModel, least_tokens, prepare_model
 from tests.conftest import RunningServer, run_server
 
 MODEL = "tiny"
@@ -308,3 +311,35 @@ def test_a_request_at_every_bound_is_valid() -> None:
     many = json.dumps(body(messages=[{"role": "user", "content": "x"}] * MAX_MESSAGES))
     check_containers(many.encode())
     assert len(MessagesRequest.model_validate_json(many).messages) == MAX_MESSAGES
+
+
+@pytest.fixture(scope="module", params=["as built", "NFC"])
+def prepared(request: pytest.FixtureRequest, tiny_model: Path, tmp_path_factory) -> PreparedModel:
+    """The test model's tokenizer as it is, and with an NFC normalizer (as Qwen's has), which can compose
+    characters into fewer bytes than the client sent."""
+    if request.param == "as built":
+        return prepare_model("tiny", str(tiny_model), constrained=False)
+    folder = tmp_path_factory.mktemp("nfc")
+    for file in tiny_model.iterdir():
+        (folder / file.name).symlink_to(file)
+    spec = json.loads((tiny_model / "tokenizer.json").read_text()) | {"normalizer": {"type": "NFC"}}
+    (folder / "tokenizer.json").unlink()
+    (folder / "tokenizer.json").write_text(json.dumps(spec))
+    return prepare_model("tiny", str(folder), constrained=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts=st.lists(st.text(max_size=200), max_size=4))
+def test_the_size_bound_never_counts_more_tokens_than_there_are(prepared: PreparedModel, texts: list[str]):
+    """`least_tokens`, which refuses a huge prompt before it is tokenized, is a lower bound of the real count:
+    a prompt it refuses would have been refused after tokenizing too."""
+    actual = sum(len(prepared.tokenizer.encode(text, add_special_tokens=False)) for text in texts)
+    assert least_tokens(prepared, texts) <= actual
+
+
+def test_the_size_bound_is_the_bytes_over_the_longest_entry(prepared: PreparedModel) -> None:
+    assert prepared.token_bytes == 24  # the test vocabulary's longest entry, in UTF-8
+    assert least_tokens(prepared, ["word " * 200_000]) == 41_667
+    # NFC composes e + U+0301 (3 bytes) into é (2 bytes); the bound counts what the tokenizer sees.
+    composed = 2 if prepared.tokenizer._tokenizer.backend_tokenizer.normalizer else 3
+    assert least_tokens(prepared, ["e\u0301" * 24]) == composed

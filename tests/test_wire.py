@@ -217,6 +217,17 @@ def test_prompt_too_long_is_a_400_naming_both_numbers(http: httpx.Client) -> Non
     assert message.startswith("prompt is too long: ") and message.endswith(f"tokens > {CONTEXT} maximum")
 
 
+def test_a_prompt_surely_too_long_is_refused_from_its_size(http: httpx.Client) -> None:
+    """A text that needs more tokens than the context holds even if every token spelled the vocabulary's
+    longest entry (24 bytes here) is refused before it is tokenized, in the same words."""
+    long_text = "word " * 200_000  # 1,000,000 bytes: at least 41,667 tokens
+    response = http.post("/v1/messages", json=body(messages=[{"role": "user", "content": long_text}]))
+    assert response.status_code == 400
+    message = response.json()["error"]["message"]
+    assert message.startswith(f"prompt is too long: 41667 tokens > {CONTEXT} maximum (at least 41667")
+    assert http.post("/v1/messages", json=body(max_tokens=2)).status_code == 200
+
+
 def test_unknown_model_is_a_404(http: httpx.Client) -> None:
     response = http.post("/v1/messages", json=body(model="gpt-nope"))  # any claude-* name is the main model
     assert response.status_code == 404

@@ -21,6 +21,7 @@ from daemon.chat.request import ChatRequest
 from daemon.engine.grammar import GrammarError
 from daemon.engine.jobs import GenerationJob, Overloaded
 from daemon.engine.memory import NoRoom
+from daemon.engine.model import least_tokens
 from daemon.engine.prompt import Prompt
 from daemon.engine.registry import ModelRegistry
 from daemon.engine.sampling import resolve
@@ -50,8 +51,8 @@ async def start(chat: ChatRequest) -> Generation:
     """Submit the generation `chat` asks for; raises `RequestError` when it cannot start."""
     served = await served_model(chat.model, to_generate=True)
     images = _images_omitted(served, chat)
-    prompt = await _render(served, chat)
     context = served.loaded.context_length
+    prompt = await _render(served, chat, context=context)
     if len(prompt.tokens) > context:
         raise invalid_request(f"prompt is too long: {len(prompt.tokens)} tokens > {context} maximum")
     room = context - len(prompt.tokens)
@@ -183,10 +184,27 @@ def _images_omitted(served: ServedModel, chat: ChatRequest) -> int:
     return images
 
 
-async def _render(served: ServedModel, chat: ChatRequest) -> Prompt:
-    """The prompt, rendered off the event loop; a schema no grammar can enforce is the client's error."""
+def _refuse_surely_too_long(chat: ChatRequest, served: ServedModel, context: int) -> None:
+    """A prompt whose text alone needs more tokens than the context holds is refused before it is rendered
+    and tokenized, which for a body near the size limit would cost a core half a minute."""
+    if (least := least_tokens(served.loaded, chat.kept_texts())) > context:
+        raise invalid_request(
+            f"prompt is too long: {least} tokens > {context} maximum (at least {least}: counted from the "
+            "size of its text, without tokenizing it)"
+        )
+
+
+async def _render(served: ServedModel, chat: ChatRequest, context: int | None = None) -> Prompt:
+    """The prompt, rendered off the event loop; a schema no grammar can enforce is the client's error. With
+    `context`, a prompt surely longer than that is refused first."""
+
+    def render() -> Prompt:
+        if context is not None:
+            _refuse_surely_too_long(chat, served, context)
+        return served.render(chat)
+
     try:
-        return await asyncio.to_thread(served.render, chat)
+        return await asyncio.to_thread(render)
     except GrammarError as error:
         raise invalid_request(str(error)) from None
 

@@ -122,6 +122,13 @@ class ChatRequest:
     max_tokens: int | None = None  # None: as many as the context allows; 0: fill the cache, answer nothing
     output_schema: dict[str, Any] | None = None  # a JSON schema the answer is asked to fit
 
+    def kept_texts(self) -> list[str]:
+        """The text every chat template keeps whole: the system prompt, and the text of user turns and of tool
+        results (a template may drop earlier thinking or reshape assistant turns)."""
+        parts = [part for message in self.messages if message.role == "user" for part in message.parts]
+        parts += [inner for part in parts if isinstance(part, ToolResult) for inner in part.content]
+        return [*self.system, *(part.text for part in parts if isinstance(part, Text))]
+
     def images(self) -> int:
         """How many images the conversation holds, tool results' included."""
         parts = [part for message in self.messages for part in message.parts]

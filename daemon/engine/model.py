@@ -39,6 +39,7 @@ class PreparedModel:
     num_draft_tokens: int = 8  # the longest proposal
     kv: tuple[int, int] = (0, 64)  # its KV cache's (bits, group size); 0 bits: the model's own precision
     vision: Vision | None = None  # how it sees images; None: a text model (or its vision tower left off)
+    token_bytes: int = 0  # the most UTF-8 bytes one token of its vocabulary can spell (0: not known)
 
 
 @dataclass(kw_only=True)
@@ -89,7 +90,27 @@ def prepare_model(
         num_draft_tokens=num_draft_tokens,
         kv=kv,
         vision=Vision(path, tokenizer) if vision and vision_type(config) else None,
+        token_bytes=_longest_token_bytes(tokenizer),
     )
+
+
+def least_tokens(prepared: PreparedModel, texts: list[str]) -> int:
+    """A lower bound on the tokens `texts` take, without tokenizing them: their bytes as the tokenizer
+    normalizes them (NFC may compose characters into fewer bytes), over the most bytes one token spells;
+    0 where that is not known."""
+    if not prepared.token_bytes:
+        return 0
+    backend = getattr(getattr(prepared.tokenizer, "_tokenizer", None), "backend_tokenizer", None)
+    normalizer = backend.normalizer if backend is not None else None
+    normalize = normalizer.normalize_str if normalizer is not None else str
+    return -(-sum(len(normalize(text).encode()) for text in texts) // prepared.token_bytes)
+
+
+def _longest_token_bytes(tokenizer: Any) -> int:
+    """An upper bound on the bytes of text one token stands for: its vocabulary's longest entry in UTF-8.
+    A byte-level BPE entry spells each byte as one character of one or two bytes, and a SentencePiece entry
+    spells its text with `▁` (three bytes) for a space, so neither spells less than it stands for."""
+    return max((len(entry.encode()) for entry in tokenizer.get_vocab()), default=0)
 
 
 def _check_kv(config: dict[str, Any], bits: int, group_size: int) -> None:
