@@ -28,11 +28,11 @@ import httpx
 
 from benchmarks import servers
 from benchmarks.client import BenchError, Endpoint, StreamResult
-from benchmarks.machine import describe, label
+from benchmarks.machine import label
 from benchmarks.models import SHAPES, default_shape, ensure_model
 from benchmarks.plan import PLANS
 from benchmarks.prompts import Conversation, PromptBuilder
-from benchmarks.report import fmt, write_run
+from benchmarks.report import fmt, run_meta, write_run
 from daemon.config.settings import data_dir
 from daemon.engine.disk_cache import BLOCK_TOKENS, SUFFIX
 
@@ -67,13 +67,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.cache_
         print(f"{prog}: {error}", file=sys.stderr)
         return 1
     results = {
-        "meta": {
-            "started": started.isoformat(timespec="seconds"),
-            "command": " ".join([prog, *argv]),
-            "machine": describe(),
-            "model": f"{shape} {dtype}",
-            "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
-        },
+        "meta": run_meta(prog, argv, started, model=f"{shape} {dtype}"),
         "rows": rows,
         "tier_rates": tier_rates(out / "rates"),
         "kv_settings": kv_settings(model, 1 if args.smoke else repeats, out / "kv"),

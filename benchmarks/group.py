@@ -23,11 +23,11 @@ from typing import Any
 
 from benchmarks import servers
 from benchmarks.client import BenchError, Endpoint, StreamResult
-from benchmarks.machine import describe, label
+from benchmarks.machine import label
 from benchmarks.models import SHAPES, ensure_model
 from benchmarks.plan import PLANS
 from benchmarks.prompts import Conversation
-from benchmarks.report import fmt, write_run
+from benchmarks.report import fmt, run_meta, write_run
 from daemon.config.settings import data_dir
 
 PROMPT_WORDS = 600  # the prefill measurement's prompt
@@ -76,13 +76,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.group"
         return 1
     config = shape.config
     results = {
-        "meta": {
-            "started": started.isoformat(timespec="seconds"),
-            "command": " ".join([prog, *argv]),
-            "machine": describe(),
-            "model": f"{shape.name} bf16 ({shape.about})",
-            "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
-        },
+        "meta": run_meta(prog, argv, started, model=f"{shape.name} bf16 ({shape.about})"),
         "rows": rows,
         "collective_s": collective,
         "raw_decode_tps": raw,

@@ -23,12 +23,12 @@ from typing import Any
 
 from benchmarks import servers
 from benchmarks.client import BenchError, StreamResult
-from benchmarks.machine import describe, label
+from benchmarks.machine import label
 from benchmarks.models import SHAPES, ensure_model
 from benchmarks.plan import PLANS
 from benchmarks.prompts import Conversation
 from benchmarks.raw import RawEngine
-from benchmarks.report import write_run
+from benchmarks.report import run_meta, write_run
 from benchmarks.workloads import concurrently
 from daemon.config.settings import data_dir
 
@@ -68,13 +68,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.one_st
         print(f"{prog}: {error}", file=sys.stderr)
         return 1
     results = {
-        "meta": {
-            "started": started.isoformat(timespec="seconds"),
-            "command": " ".join([prog, *argv]),
-            "machine": describe(),
-            "max_tokens": max_tokens,
-            "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
-        },
+        "meta": run_meta(prog, argv, started, max_tokens=max_tokens),
         "rows": rows,
     }
     written = write_run(out, "one_stream", results, markdown(results))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from benchmarks import plots
-from benchmarks.machine import label
+from benchmarks.machine import describe, label
 from benchmarks.stats import Summary, ratio
 
 RATIOS_AGAINST = ("raw", "mlx_lm.server")
@@ -23,6 +24,17 @@ def write_run(out: Path, stem: str, results: dict[str, Any], text: str) -> list[
     (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     (out / f"{stem}.md").write_text(text)
     return [out / f"{stem}.json", out / f"{stem}.md"]
+
+
+def run_meta(prog: str, argv: list[str], started: datetime, **facts: Any) -> dict[str, Any]:
+    """A run's `meta`: when it started, its command line, the machine, `facts` of its own, and its length."""
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "command": " ".join([prog, *argv]),
+        "machine": describe(),
+        **facts,
+        "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+    }
 
 
 def targets(results: dict[str, Any]) -> list[str]:

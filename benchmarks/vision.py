@@ -25,10 +25,10 @@ import httpx
 
 from benchmarks import serverlog, servers
 from benchmarks.client import BenchError, Endpoint, StreamResult
-from benchmarks.machine import describe, label
+from benchmarks.machine import label
 from benchmarks.plan import PLANS
 from benchmarks.prompts import Conversation
-from benchmarks.report import fmt, write_run
+from benchmarks.report import fmt, run_meta, write_run
 from daemon.config.settings import data_dir
 from daemon.engine.demo_vision import QWEN2_VL_MAX_PIXELS, VisionShape, build_vision_model
 
@@ -77,13 +77,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m benchmarks.vision
         print(f"{prog}: {error}", file=sys.stderr)
         return 1
     results = {
-        "meta": {
-            "started": started.isoformat(timespec="seconds"),
-            "command": " ".join([prog, *argv]),
-            "machine": describe(),
-            "model": name,
-            "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
-        },
+        "meta": run_meta(prog, argv, started, model=name),
         "rows": rows,
         "summary": summary(rows),
     }
