@@ -16,11 +16,13 @@ import mlx.core as mx
 import mlx_lm
 import pytest
 from mlx_lm.generate import BatchGenerator
+from mlx_lm.models import gemma3_text
+from mlx_lm.models.cache import make_prompt_cache
 
 from daemon.engine.constraints import Ban, ThinkingBudget
 from daemon.engine.decode_batch import Generator
 from daemon.engine.demo_model import ModelShape, build_model
-from daemon.engine.draft import Draft, DraftProposer
+from daemon.engine.draft import Draft, DraftProposer, NotPlainAttention, check_cache
 from daemon.engine.lookup import PromptLookup
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.sampling import SamplingParams
@@ -165,6 +167,114 @@ def test_greedy_output_is_the_same_with_a_draft_model(random_model, drafts, name
         assert sum(c.accepted for c in counts) > 0.5 * sum(c.proposed for c in counts)
 
 
+class Passes:
+    """A draft model that notes how many sequences each of its passes ran (the model itself runs them)."""
+
+    def __init__(self, model):
+        self.model, self.rows = model, []
+
+    def __call__(self, inputs: mx.array, cache) -> mx.array:
+        self.rows.append(inputs.shape[0])
+        return self.model(inputs, cache=cache)
+
+    def __getattr__(self, name: str):
+        return getattr(self.model, name)
+
+
+@pytest.mark.parametrize("name", ["self", "other"])
+def test_a_draft_drafts_for_every_sequence_in_one_pass(random_model, drafts, name: str) -> None:
+    """Three sequences draft as rows of one batch: they join it once caught up on their prompts (a chunk of
+    16 tokens per step, alone), leave it when they fall behind (the other model's drafts fail, and pause)
+    and when they end, and each stores its own draft KV state."""
+    reference, _ = generate(random_model, PROMPTS, [60, 25, 80], speculate=False)
+    passes = Passes(drafts[name].model)
+    draft = Draft(passes, PromptCache(f"rows-{name}", 2**26), 16)
+    drafted, counts = generate(random_model, PROMPTS, [60, 25, 80], speculate=True, draft=draft)
+    assert drafted == reference
+    assert sum(c.proposed for c in counts) > 0
+    assert max(passes.rows) == 3  # a pass drafted for all three
+    if name == "self":  # its own greedy choices: a row whose draft state drifted would propose others
+        assert sum(c.accepted for c in counts) >= 0.95 * sum(c.proposed for c in counts)
+    assert draft.rows.members == [] and draft.cache.entries == 3
+
+
+def greedy_continuation(model, tokens: list[int], length: int) -> list[int]:
+    """The model's own greedy continuation of `tokens`, computed from nothing."""
+    cache = make_prompt_cache(model)
+    logits = model(mx.array([tokens]), cache=cache)[:, -1, :]
+    continuation = []
+    for _ in range(length):
+        token = mx.argmax(logits, axis=-1)
+        continuation.append(token.item())
+        logits = model(token[:, None], cache=cache)[:, -1, :]
+    return continuation
+
+
+def test_drafts_in_rows_are_what_the_draft_says_from_nothing(drafts) -> None:
+    """Rows asked or not, of different lengths, accepting different amounts, falling behind (and catching up
+    alone, 4 tokens a step) and leaving: each proposal is the draft model's greedy continuation of its
+    sequence, as if its KV state were computed afresh."""
+    model = drafts["other"].model
+    draft = Draft(model, PromptCache("rows", 2**26), 4)
+    rng = random.Random(5)
+    proposers = [DraftProposer(draft, prompt, GREEDY) for prompt in PROMPTS]
+    newest = [rng.randrange(900) for _ in proposers]
+    checked = most_rows = 0
+    for turn in range(60):
+        if turn == 35:
+            proposers[1].leave()  # cancelled: it drafts no more
+        live = [i for i in range(3) if turn < 35 or i != 1]
+        ready = [i for i in live if proposers[i].ready()]  # as the engine asks every row, every step
+        wants = {i: rng.randint(1, 6) for i in ready if rng.random() < (0.9 if turn % 10 < 6 else 0.1)}
+        asks = {proposers[i]: (newest[i], limit) for i, limit in wants.items()}
+        drafted = draft.rows.propose(asks) if asks else {}
+        most_rows = max(most_rows, len(draft.rows.members))
+        for i in live:
+            proposer = proposers[i]
+            if proposer not in drafted:
+                proposer.took([newest[i]])
+            else:
+                proposal, _ = drafted[proposer]
+                assert proposal == greedy_continuation(model, [*proposer.history, newest[i]], len(proposal))
+                checked += 1
+                accepted = rng.randint(0, len(proposal))
+                if rng.random() < 0.9:  # else, as for a proposal the constraints cut: never settled
+                    proposer.settle(len(proposal), accepted)
+                else:
+                    accepted = 0
+                proposer.took([newest[i], *proposal[:accepted]])
+            newest[i] = rng.randrange(900)
+    assert checked > 40 and most_rows == 3
+    for proposer in proposers:
+        proposer.finish()
+    assert draft.rows.members == [] and draft.cache.entries == 3
+
+
+def test_a_cancelled_sequence_leaves_the_draft_and_the_others_stay_exact(random_model, drafts) -> None:
+    reference, _ = generate(random_model, PROMPTS, [60, 60, 60], speculate=False)
+    draft = Draft(drafts["self"].model, PromptCache("cancel", 2**26), 512)
+    generator = Generator(random_model, cost=FreeSteps(), completion_batch_size=8, prefill_batch_size=8)
+    uids = generator.insert(PROMPTS, [60, 60, 60])
+    for uid, prompt in zip(uids, PROMPTS, strict=True):
+        generator.speculate(uid, Speculation(DraftProposer(draft, prompt, GREEDY), GREEDY, 8, trusted=True))
+    output: dict[int, list[int]] = {uid: [] for uid in uids}
+    while len(output[uids[0]]) < 20:
+        for response in generator.next_generated():
+            output[response.uid].append(response.token)
+    assert len(draft.rows.members) == 3
+    generator.remove([uids[1]])
+    assert len(draft.rows.members) == 2
+    ended = 0
+    while ended < 2:
+        for response in generator.next_generated():
+            output[response.uid].append(response.token)
+            ended += response.finish_reason is not None
+    generator.close()
+    assert [output[uids[0]], output[uids[2]]] == [reference[0], reference[2]]
+    assert output[uids[1]] == reference[1][: len(output[uids[1]])]
+    assert draft.rows.members == []
+
+
 def test_a_draft_keeps_its_kv_state_for_the_next_turn(random_model, drafts) -> None:
     draft = Draft(random_model, PromptCache("turns", 2**26), 512)
     first, _ = generate(random_model, PROMPTS[:1], [20], speculate=True, draft=draft)
@@ -172,7 +282,7 @@ def test_a_draft_keeps_its_kv_state_for_the_next_turn(random_model, drafts) -> N
     turn = PROMPTS[0] + first[0] + [3, 4, 5]
     reference, _ = generate(random_model, [turn], [20], speculate=False)
     proposer = DraftProposer(draft, turn, GREEDY)
-    assert proposer.cached_tokens > len(PROMPTS[0])  # the last turn's prompt and output, read, not recomputed
+    assert proposer.cached > len(PROMPTS[0])  # the last turn's prompt and output, read, not recomputed
     again, _ = generate(random_model, [turn], [20], speculate=True, draft=draft)
     assert again == reference
 
@@ -423,3 +533,14 @@ def test_a_draft_model_of_another_vocabulary_is_refused_at_load(trained: Path, t
     message = response.json()["error"]["message"]
     assert "model trained cannot draft with it" in message and "has another vocabulary" in message
     assert health == "ok"
+
+
+def test_a_draft_whose_cache_is_not_plain_attention_is_refused() -> None:
+    """A sliding-window model's cache rotates: its refused drafts could not be trimmed off."""
+    args = gemma3_text.ModelArgs(
+        model_type="gemma3_text", hidden_size=32, num_hidden_layers=2, intermediate_size=64, head_dim=16,
+        vocab_size=64, query_pre_attn_scalar=16, sliding_window=8, sliding_window_pattern=2,
+    )  # fmt: skip
+    with pytest.raises(NotPlainAttention, match="draft model windowed caches KVCache, RotatingKVCache"):
+        check_cache(gemma3_text.Model(args), "windowed")
+    check_cache(gemma3_text.Model(replace(args, sliding_window_pattern=1)), "global")  # attention alone

@@ -25,7 +25,7 @@ from mlx_lm.generate import BatchGenerator, GenerationBatch, _merge_caches
 from mlx_lm.models.cache import BatchKVCache, KVCache, QuantizedKVCache, dynamic_roll, make_prompt_cache
 
 from daemon.engine.quantized_cache import quantized
-from daemon.engine.speculation import Speculation, verify
+from daemon.engine.speculation import Speculation, propose_all, verify
 from daemon.engine.step_cost import StepCost
 
 
@@ -74,14 +74,18 @@ class DecodeBatch(GenerationBatch):
 
     def filter(self, keep: list[int]) -> None:
         self._rows_changed = True
-        gone = set(range(len(self.uids))) - set(keep)
-        for row in gone:
-            self.speculations.pop(self.uids[row], None)
-            self.deltas.pop(self.uids[row], None)
+        for row in set(range(len(self.uids))) - set(keep):
+            self.drop(self.uids[row])
         if keep:
             self._rejoin()
         self._alone = False
         super().filter(keep)
+
+    def drop(self, uid: int) -> None:
+        """Forget a sequence that left the batch (or never reached it)."""
+        if (speculation := self.speculations.pop(uid, None)) is not None:
+            speculation.proposer.leave()
+        self.deltas.pop(uid, None)
 
     def extract_cache(self, idx: int) -> list[Any]:
         if self._alone:
@@ -171,12 +175,14 @@ class DecodeBatch(GenerationBatch):
         verifies them."""
         last = self._next_tokens.tolist()
         started = time.perf_counter()  # what the step costs: the proposals (a draft's passes) and the check
-        proposals, drawn = [], []
-        for row, (token, limit) in enumerate(zip(last, limits, strict=True)):
-            speculation = self.speculations.get(self.uids[row])
-            proposal, q = speculation.propose(token, limit) if speculation and limit else ([], None)
-            proposals.append(proposal)
-            drawn.append(q)
+        asks = {
+            row: (self.speculations[uid], token, limit)
+            for row, (uid, token, limit) in enumerate(zip(self.uids, last, limits, strict=True))
+            if limit and uid in self.speculations
+        }
+        proposed = propose_all(asks)
+        proposals = [proposed[row][0] if row in proposed else [] for row in range(len(last))]
+        drawn = [proposed[row][1] if row in proposed else None for row in range(len(last))]
         if not any(proposals):
             return super().next()
         fed = [[token, *proposal] for token, proposal in zip(last, proposals, strict=True)]
@@ -377,8 +383,7 @@ class Generator(BatchGenerator):
     def remove(self, uids, return_prompt_caches=False):
         caches = super().remove(uids, return_prompt_caches)
         for uid in uids:
-            self._generation_batch.speculations.pop(uid, None)
-            self._generation_batch.deltas.pop(uid, None)
+            self._generation_batch.drop(uid)
         return caches
 
 

@@ -1,17 +1,19 @@
 """A draft model as a sequence's proposer: a small model of the same vocabulary decodes a few tokens ahead,
-and the main model verifies them in one pass. The draft keeps its own KV cache per sequence, caught up on the
-prompt a chunk per engine step (so a long prompt never holds the batch up), trimmed back to what the main
-model accepted, and stored in a prompt cache of its own at the end, so that the next turn starts from it."""
+and the main model verifies them in one pass. A sequence's draft KV state is caught up on its prompt a chunk
+per engine step (so a long prompt never holds the batch up), then drafts as a row of the model's
+`DraftRows` beside the other sequences', is rolled back to what the main model accepted, and is stored in a
+prompt cache of its own at the end, so that the next turn starts from it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
-from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
+from mlx_lm.models.cache import KVCache, make_prompt_cache
 
+from daemon.engine.draft_rows import DraftRows
 from daemon.engine.jobs import EngineLimits
 from daemon.engine.model import PreparedModel, load_weights, prepare_model
 from daemon.engine.prompt_cache import PromptCache
@@ -50,97 +52,94 @@ def load_draft(
     """The draft's weights, with a prompt cache of its own: a quarter of the model's `cache_bytes`, keyed
     by the model's `key` and the draft's own fingerprint."""
     loaded = load_weights(prepared, path)
+    check_cache(loaded.model, str(path))
     cache = PromptCache(f"{key}-draft-{loaded.fingerprint}", cache_bytes // 4)
     return Draft(loaded.model, cache, limits.prefill_step_size)
 
 
+class NotPlainAttention(ValueError):
+    """A draft model whose KV cache is not plain attention's, which its rows could not roll back."""
+
+
+def check_cache(model: Any, draft_source: str) -> None:
+    """Refuse a draft whose layers cache anything but plain attention (sliding windows, state-space layers):
+    its refused drafts could not be trimmed off, nor its sequences' states batched."""
+    kinds = {type(layer).__name__ for layer in make_prompt_cache(model)}
+    if kinds != {KVCache.__name__}:
+        raise NotPlainAttention(
+            f"draft model {draft_source} caches {', '.join(sorted(kinds))}: a draft needs plain attention"
+        )
+
+
 @dataclass
 class Draft:
-    """The draft model of a served model: its weights and the prompt cache its sequences share."""
+    """The draft model of a served model: its weights, the prompt cache its sequences share, and the rows
+    through which they draft together."""
 
     model: Any
     cache: PromptCache
     prefill_step_size: int
+    rows: DraftRows = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rows = DraftRows(self.model)
 
 
 class DraftProposer:
-    """One sequence's draft: the tokens of its history, and the draft's KV state of the first `_cached`."""
+    """One sequence's draft: the tokens of its history, and the draft's KV state of the first `cached` (its
+    own `kv`, or a row of the model's `DraftRows` while it drafts there)."""
 
     guesses = False
 
     def __init__(self, draft: Draft, prompt: list[int], sampling: SamplingParams):
         self._draft = draft
-        self._sampling = sampling
+        self.together = draft.rows
+        self.sampling = sampling
         hit = draft.cache.fetch(prompt)
-        self._kv = hit.cache if hit.cache is not None else make_prompt_cache(draft.model)
-        self._cached = hit.reused
-        self._history = list(prompt)
-        self._drafted = 0  # tokens the draft's cache holds past the history, from the last proposal
-
-    @property
-    def cached_tokens(self) -> int:
-        """Of the history, the tokens whose KV state the draft holds."""
-        return self._cached
+        self.kv: list | None = hit.cache if hit.cache is not None else make_prompt_cache(draft.model)
+        self.cached = hit.reused
+        self.history = list(prompt)
+        self.fresh = self.drafted = self.kept = 0  # the last pass, as `DraftRows` describes them
 
     def ready(self) -> bool:
-        """Within a prefill chunk of the history: the proposal's one pass feeds the rest. Further behind (a
-        long prompt), it catches up a chunk per call, so that the other streams go on meanwhile."""
-        behind = len(self._history) - self._cached
-        if behind > self._draft.prefill_step_size:
-            self._feed(self._history[self._cached : self._cached + self._draft.prefill_step_size])
-            mx.eval([layer.state for layer in self._kv])
-            return False
-        return True
+        """Within a prefill chunk of the history: the next pass feeds the rest. Further behind (a long
+        prompt), it catches up a chunk per call on its own state, so that the other streams go on."""
+        self.together.settle()
+        if len(self.history) - self.cached <= self._draft.prefill_step_size:
+            return True
+        self.together.leave(self)
+        chunk = self.history[self.cached : self.cached + self._draft.prefill_step_size]
+        self._draft.model(mx.array([chunk]), cache=self.kv)
+        mx.eval([layer.state for layer in self.kv])
+        self.cached += len(chunk)
+        return False
 
     def guess(self, limit: int) -> list[int]:
         return []
 
-    def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
-        logits = self._feed([*self._history[self._cached :], last])
-        tokens, rows = [], []
-        for i in range(limit):
-            token, q = self._draw(logits)
-            tokens.append(token)
-            rows.append(q)
-            if i < limit - 1:
-                logits = self._feed(token[None], mark=False)
-        self._drafted = limit - 1  # the last drafted token was never fed
-        mx.eval(tokens, rows)
-        drawn = None if self._sampling.greedy else mx.concatenate(rows)
-        return [int(token.item()) for token in tokens], drawn
-
     def took(self, tokens: list[int]) -> None:
-        self._history += tokens
+        self.history += tokens
 
     def settle(self, proposed: int, accepted: int) -> None:
-        """Keep the draft's state of what was accepted: `last` and the accepted drafted tokens."""
-        kept = min(accepted, self._drafted)
-        trim_prompt_cache(self._kv, self._drafted - kept)
-        self._cached += kept
-        self._drafted = 0
+        self.kept = accepted
+
+    def leave(self) -> None:
+        self.together.leave(self)
 
     def finish(self) -> None:
         """Keep the draft's KV state for the next turn, which starts with this one's prompt and output."""
-        beyond = self._cached - len(self._history)  # accepted tokens fed after the output ended (a stop)
+        self.together.leave(self)
+        beyond = self.cached - len(self.history)  # accepted tokens fed after the output ended (a stop)
         if beyond > 0:
-            trim_prompt_cache(self._kv, beyond)
-            self._cached = len(self._history)
-        if self._cached:
-            self._draft.cache.store(self._history[: self._cached], self._kv)
+            for layer in self.kv:
+                layer.trim(beyond)
+            self.cached = len(self.history)
+        if self.cached:
+            self._draft.cache.store(self.history[: self.cached], self.kv)
 
-    def _feed(self, tokens: list[int] | mx.array, mark: bool = True) -> mx.array:
-        """The draft's logits after `tokens` (lazy); `mark`: they are history (counted in `_cached`)."""
-        inputs = tokens[None] if isinstance(tokens, mx.array) else mx.array([tokens])
-        logits = self._draft.model(inputs, cache=self._kv)[:, -1, :]
-        if mark:
-            self._cached += inputs.shape[1]
-        return logits
-
-    def _draw(self, logits: mx.array) -> tuple[mx.array, mx.array]:
-        """The draft's next token (argmax when greedy, else drawn as the main model samples) and the
-        distribution it came from (one row)."""
+    def draw(self, logits: mx.array) -> tuple[mx.array, mx.array]:
+        """Its next token from the draft's `logits` (one row), drawn as the main model samples, and the
+        distribution it came from."""
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        if self._sampling.greedy:
-            return mx.argmax(logprobs, axis=-1)[0], logprobs
-        scores = self._sampling.filtered(logprobs) * (1 / self._sampling.temperature)
+        scores = self.sampling.filtered(logprobs) * (1 / self.sampling.temperature)
         return mx.random.categorical(scores, axis=-1)[0], mx.softmax(scores, axis=-1)

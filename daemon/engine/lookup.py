@@ -15,6 +15,7 @@ class PromptLookup:
     """One sequence's token history and the search over it; a `Proposer` (daemon/engine/speculation.py)."""
 
     guesses = True
+    together = None
 
     def __init__(self, tokens: list[int]):
         self._tokens = np.zeros(max(1024, 2 * len(tokens)), dtype=np.int64)
@@ -73,6 +74,9 @@ class PromptLookup:
         self.extend(tokens)
 
     def settle(self, proposed: int, accepted: int) -> None:
+        pass
+
+    def leave(self) -> None:
         pass
 
     def finish(self) -> None:

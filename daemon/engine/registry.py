@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.config.units import format_bytes
-from daemon.engine.draft import Draft, VocabularyMismatch, load_draft, prepare_draft
+from daemon.engine.draft import Draft, NotPlainAttention, VocabularyMismatch, load_draft, prepare_draft
 from daemon.engine.group import GROUP_FAILED, Group
 from daemon.engine.jobs import EngineLimits
 from daemon.engine.lockstep import Lockstep
@@ -229,7 +229,10 @@ class ModelRegistry:
 
     def _load_draft(self, loaded: LoadedModel, draft: PreparedModel, path: Path) -> Draft:
         options = self.options
-        return load_draft(draft, path, loaded.fingerprint, options.prompt_cache_bytes, options.limits)
+        try:
+            return load_draft(draft, path, loaded.fingerprint, options.prompt_cache_bytes, options.limits)
+        except NotPlainAttention as error:
+            raise ModelLoadError(f"model {loaded.name} cannot draft with it: {error}") from error
 
     def _make_room(self, served: ServedModel, size: int) -> None:
         while victims := plan_room(served.name, size, self.memory_budget, self._residents(served)):

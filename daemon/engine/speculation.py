@@ -6,10 +6,11 @@ distribution when sampling)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import mlx.core as mx
 
+from daemon.engine.draft_rows import Proposal
 from daemon.engine.sampling import SamplingParams
 
 LONGEST_PAUSE = 32  # steps a sequence whose proposals keep failing waits, at most, before it proposes again
@@ -31,14 +32,21 @@ class Proposer(Protocol):
         costs next to nothing ([] where it would not: a draft would have to run)."""
         ...
 
+    together: Any  # None, or what proposes for it and other sequences in one pass (see `propose_all`)
+
     def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
         """Up to `limit` tokens to follow the output and `last` (its newest token, not yet output), with the
-        distribution each was drawn from (one row per token), or None for tokens proposed with certainty."""
+        distribution each was drawn from (one row per token), or None for tokens proposed with certainty.
+        A proposer that proposes `together` with others has it do this instead."""
         ...
 
     def took(self, tokens: list[int]) -> None: ...
 
     def settle(self, proposed: int, accepted: int) -> None: ...
+
+    def leave(self) -> None:
+        """The sequence left the decoding batch (ended, cancelled or failed): let go of what it shares."""
+        ...
 
     def finish(self) -> None:
         """The sequence ended as its client asked (what it computed may serve the next turn)."""
@@ -91,9 +99,6 @@ class Speculation:
         if all before it were."""
         return sum(self.rate**j for j in range(length + 1))
 
-    def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
-        return self.proposer.propose(last, limit) if limit > 0 else ([], None)
-
     def took(self, tokens: list[int]) -> None:
         """The tokens the sequence output this step, in order."""
         self.proposer.took(tokens)
@@ -128,6 +133,22 @@ class Speculation:
 
     def _learn(self, accepted_share: float) -> None:
         self.rate = 0.8 * self.rate + 0.2 * accepted_share
+
+
+def propose_all(asks: dict[int, tuple[Speculation, int, int]]) -> dict[int, Proposal]:
+    """Each asking row's proposal, from (its speculation, newest token, most tokens wanted). Proposers that
+    propose `together` (a draft model's sequences) are asked in one go, so that one pass serves them all."""
+    proposals, shared = {}, {}
+    for row, (speculation, last, limit) in asks.items():
+        proposer = speculation.proposer
+        if proposer.together is None:
+            proposals[row] = proposer.propose(last, limit)
+        else:
+            shared.setdefault(proposer.together, {})[row] = (proposer, last, limit)
+    for together, rows in shared.items():
+        drafted = together.propose({proposer: (last, limit) for proposer, last, limit in rows.values()})
+        proposals.update({row: drafted[proposer] for row, (proposer, _, _) in rows.items()})
+    return proposals
 
 
 def verify(
