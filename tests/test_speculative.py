@@ -27,7 +27,7 @@ from daemon.engine.lookup import PromptLookup
 from daemon.engine.prompt_cache import PromptCache
 from daemon.engine.sampling import SamplingParams
 from daemon.engine.speculation import Speculation, verify
-from daemon.engine.step_cost import StepCost
+from daemon.engine.step_cost import PLAIN_SAMPLES, StepCost
 from tests.conftest import COPY, run_server, server_env
 from tests.models import endless_model
 
@@ -400,11 +400,14 @@ def test_a_step_is_as_wide_as_the_measured_costs_pay_for(per_token: float, wides
     GPU bound by reading weights), they do, as far as the chance that all before a token were accepted
     makes it worth its cost (here 4 of 8)."""
     cost = StepCost()
-    cost.observe(1, 0.1 + per_token, pipelined=True)
     for tokens in (1, 9, 5):
         cost.observe(tokens, 0.1 + per_token * tokens, pipelined=False)
     speculation = Speculation(PromptLookup([]), GREEDY, most=8, rate=0.7)
     gains = [[speculation.expected(m) for m in range(9)]]
+    # Plain steps are measured first: an odd one among them (a pause) does not decide.
+    for seconds in [10 * (0.1 + per_token)] + [0.1 + per_token] * (PLAIN_SAMPLES - 1):
+        assert cost.best_width(1, gains) == 1
+        cost.observe(1, seconds, pipelined=True)
     choices = [cost.best_width(1, gains) for _ in range(12)]
     assert choices == ([5] * 12 if widest else [1] * 12)
 

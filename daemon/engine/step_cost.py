@@ -11,9 +11,11 @@ token between steps (decoding, streaming), which a verifying step does not overl
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 FORGET = 0.98  # weight of the past, per observation: a few hundred steps make up an estimate
+PLAIN_SAMPLES = 8  # plain steps measured before a wide one is weighed against them
 FIRST_PROBE = 16  # steps until a wide step is tried again though the estimate says it would lose; doubles
 LAST_PROBE = 1024  # each time it still does, up to this
 
@@ -21,6 +23,7 @@ LAST_PROBE = 1024  # each time it still does, up to this
 class StepCost:
     def __init__(self) -> None:
         self._pipelined: dict[int, float] = {}  # rows -> seconds per step, a moving average
+        self._first: dict[int, list[float]] = {}  # rows -> the first steps' seconds, until it is known
         self._sums = [0.0] * 5  # of verifying steps: weight, Σn, Σt, Σn², Σnt
         self._host: float | None = None  # seconds of the engine's own work per output token
         self._probe_in = FIRST_PROBE
@@ -33,8 +36,13 @@ class StepCost:
     def observe(self, tokens: int, seconds: float, *, pipelined: bool) -> None:
         """A step that fed `tokens` (rows x width) took `seconds`; `pipelined`: a plain step's period."""
         if pipelined:
-            known = self._pipelined.get(tokens)
-            self._pipelined[tokens] = seconds if known is None else FORGET * known + (1 - FORGET) * seconds
+            # The median of the first steps, then a moving average: no odd first step sets the estimate.
+            if (known := self._pipelined.get(tokens)) is not None:
+                self._pipelined[tokens] = FORGET * known + (1 - FORGET) * seconds
+            elif len(first := self._first.setdefault(tokens, [])) < PLAIN_SAMPLES - 1:
+                first.append(seconds)
+            else:
+                self._pipelined[tokens] = statistics.median([*self._first.pop(tokens), seconds])
             return
         weight, n, t, nn, nt = (value * FORGET for value in self._sums)
         self._sums = [weight + 1, n + tokens, t + seconds, nn + tokens * tokens, nt + tokens * seconds]
@@ -52,9 +60,12 @@ class StepCost:
         """The step width (tokens fed per row) with the most expected output per second:
         `gains[i][w - 1]` is row i's expected output at width w. Until the cost of wide steps is known, and
         now and then while the estimate says they lose, the widest is tried, so that the estimate follows
-        what changes (a context that grows makes each token dearer)."""
+        what changes (a context that grows makes each token dearer). Plain steps of as many rows are measured
+        first, where they have not been yet: a wide step's worth is relative to theirs."""
         widest = max(len(row) for row in gains)
         fit = self.fit()
+        if fit is not None and rows not in self._pipelined:
+            return 1
         self._probe_in -= 1
         if fit is None or self._probe_in <= 0:
             self._probe_in = self._probe_every
