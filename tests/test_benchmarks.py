@@ -108,6 +108,7 @@ def test_speculative_smoke_run_writes_its_report(tmp_path: Path) -> None:
     assert cells["edit"]["1"]["prompt-lookup"]["proposed"] > 0  # the answer copies its prompt
     cost = results["cost"]["tiny"]
     assert cost["verify_ms"] > 0 and cost["one_token_ms"] > 0 and cost["k"] == 8
+    assert cost["draft_ms"] > 0 and cost["draft_rows_ms"] > 0 and cost["rows"] == 4
 
     table = (out / "speculative.md").read_text()
     speed = ("| tiny | edit", "| tiny | free")

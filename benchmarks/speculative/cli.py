@@ -77,7 +77,7 @@ def measure(plan: Plan, models_dir: Path, out: Path) -> dict[str, Any]:
     with tqdm(total=steps(plan), desc="speculative", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
         for shape in plan.shapes:
             model, draft = model_for(shape, models_dir), model_for(DRAFTS[shape], models_dir)
-            cost[shape] = cost_ratio(model, EDIT, Settings().num_draft_tokens)
+            cost[shape] = cost_ratio(model, draft, EDIT, Settings().num_draft_tokens)
             parameters[shape] = _parameters(model)
             with ExitStack() as stack:
                 started = {
