@@ -22,8 +22,8 @@ ROWS = 4
 
 
 def cost_ratio(path: Path, draft: Path, example: Any, k: int) -> dict[str, float]:
-    model_one, verify = _seconds(path, example, widths=(1, k + 1))
-    draft_one, draft_rows = _seconds(draft, example, widths=(1, 1), rows=(1, ROWS))
+    model_one, verify = _seconds(path, example, passes=((1, 1), (k + 1, 1)))
+    draft_one, draft_rows = _seconds(draft, example, passes=((1, 1), (1, ROWS)))
     return {
         "k": k,
         "one_token_ms": model_one * 1e3,
@@ -37,10 +37,9 @@ def cost_ratio(path: Path, draft: Path, example: Any, k: int) -> dict[str, float
     }
 
 
-def _seconds(
-    path: Path, example: Any, widths: tuple[int, ...], rows: tuple[int, ...] = (1, 1)
-) -> list[float]:
-    """The median seconds of a pass feeding `widths[i]` tokens to each of `rows[i]` copies of the prompt."""
+def _seconds(path: Path, example: Any, passes: tuple[tuple[int, int], ...]) -> list[float]:
+    """The median seconds of each pass, (width, copies): `width` tokens fed to each of `copies` copies of
+    the prompt."""
     import mlx.core as mx
     import mlx_lm
     from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
@@ -48,7 +47,7 @@ def _seconds(
     model, tokenizer = mlx_lm.load(str(path))
     prompt = prompt_ids(tokenizer, example)
     measured = []
-    for width, copies in zip(widths, rows, strict=True):
+    for width, copies in passes:
         cache = make_prompt_cache(model)
         mx.eval(model(mx.array([prompt] * copies), cache=cache))
         tokens = mx.array([prompt[-width:]] * copies)

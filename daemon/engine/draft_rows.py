@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 import mlx.core as mx
 from mlx_lm.generate import _merge_caches
 
+from daemon.engine.speculation import Proposal
+
 if TYPE_CHECKING:
     from daemon.engine.draft import DraftProposer
 
 Ask = tuple[int, int]  # a sequence's newest token (not yet output) and how many tokens it wants proposed
-Proposal = tuple[list[int], mx.array | None]  # the tokens, and the distributions they were drawn from
 
 
 class DraftRows:

@@ -10,9 +10,9 @@ from typing import Any, Protocol
 
 import mlx.core as mx
 
-from daemon.engine.draft_rows import Proposal
 from daemon.engine.sampling import SamplingParams
 
+Proposal = tuple[list[int], mx.array | None]  # the tokens, and the distributions they were drawn from
 LONGEST_PAUSE = 32  # steps a sequence whose proposals keep failing waits, at most, before it proposes again
 
 
@@ -34,7 +34,7 @@ class Proposer(Protocol):
 
     together: Any  # None, or what proposes for it and other sequences in one pass (see `propose_all`)
 
-    def propose(self, last: int, limit: int) -> tuple[list[int], mx.array | None]:
+    def propose(self, last: int, limit: int) -> Proposal:
         """Up to `limit` tokens to follow the output and `last` (its newest token, not yet output), with the
         distribution each was drawn from (one row per token), or None for tokens proposed with certainty.
         A proposer that proposes `together` with others has it do this instead."""
